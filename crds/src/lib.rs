@@ -1,0 +1,13 @@
+//! Types shared by Weir's data plane and its operator.
+//!
+//! `pipeline::PipelineSpec` is the whole configuration of the ingestion gateway. The
+//! operator's IngestPipeline custom resource carries it as its spec (plus workload
+//! settings under `spec.workload`), and `weir dev` / `weir gateway` read the same YAML.
+
+pub mod pipeline;
+
+pub use pipeline::PipelineSpec;
+
+/// The key under an IngestPipeline's `spec` that only the operator reads (image,
+/// replicas, resources, service). The data plane ignores it.
+pub const WORKLOAD_KEY: &str = "workload";

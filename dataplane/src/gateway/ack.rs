@@ -1,0 +1,297 @@
+//! Acknowledgements: the one place where outcomes and errors become wire codes,
+//! HTTP statuses and gRPC statuses.
+//!
+//! A batch is either refused whole ([`Rejection`], before any event is published) or
+//! processed, in which case its answer lists each failed event ([`EventResult`]) and the
+//! batch code summarises them. Success is only ever reported for events that were
+//! delivered (sync acks) or enqueued (async acks).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use weir_proto::{Code, EventResult, SendEventResponse, Status};
+
+/// Why a whole batch or connection was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The request could not be understood.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The HTTP content type is not one the gateway reads.
+    #[error(
+        "unsupported content type {0:?}: use application/proto, application/x-protobuf or application/json"
+    )]
+    UnsupportedMediaType(String),
+    /// Authentication failed.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The batch is larger than `limits.maxBatchBytes`.
+    #[error("batch exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The gateway has no room for the batch right now.
+    #[error("{0}")]
+    Overloaded(String),
+    /// Kafka cannot take the batch right now, or the gateway is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure.
+    #[error("{0}")]
+    Internal(String),
+    /// `websocket.maxConnections` are open.
+    #[error("connection limit of {0} reached")]
+    ConnectionLimit(usize),
+    /// The identity is already connected and the duplicate policy is `reject`.
+    #[error("a connection with id {id:?} in group {group:?} is already open")]
+    DuplicateIdentity { id: String, group: String },
+}
+
+impl Rejection {
+    /// The wire code for this rejection.
+    pub fn code(&self) -> Code {
+        match self {
+            Rejection::BadRequest(_) | Rejection::UnsupportedMediaType(_) => Code::BadRequest,
+            Rejection::Unauthorized(_) => Code::Unauthorized,
+            Rejection::TooLarge { .. } => Code::PayloadTooLarge,
+            Rejection::Overloaded(_) => Code::RateLimited,
+            Rejection::Unavailable(_) => Code::Unavailable,
+            Rejection::Internal(_) => Code::InternalError,
+            Rejection::ConnectionLimit(_) => Code::MaxConnectionLimitReached,
+            Rejection::DuplicateIdentity { .. } => Code::MaxUserLimitReached,
+        }
+    }
+
+    /// The HTTP status for this rejection.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            other => http_status(other.code()),
+        }
+    }
+
+    /// The answer to a refused batch.
+    pub fn response(&self, req_guid: &str) -> SendEventResponse {
+        response(req_guid, self.code(), self.to_string(), Vec::new())
+    }
+}
+
+/// The HTTP status that goes with a batch code.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::BadRequest => StatusCode::BAD_REQUEST,
+        Code::Unauthorized => StatusCode::UNAUTHORIZED,
+        Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::RateLimited | Code::MaxConnectionLimitReached | Code::MaxUserLimitReached => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::InternalError | Code::Unspecified => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The gRPC status code that goes with a batch code.
+pub fn grpc_code(code: Code) -> tonic::Code {
+    match code {
+        Code::Ok => tonic::Code::Ok,
+        Code::BadRequest => tonic::Code::InvalidArgument,
+        Code::Unauthorized => tonic::Code::Unauthenticated,
+        Code::PayloadTooLarge
+        | Code::RateLimited
+        | Code::MaxConnectionLimitReached
+        | Code::MaxUserLimitReached => tonic::Code::ResourceExhausted,
+        Code::Unavailable => tonic::Code::Unavailable,
+        Code::InternalError | Code::Unspecified => tonic::Code::Internal,
+    }
+}
+
+/// Seconds a client should wait before retrying, for codes where retrying helps.
+pub fn retry_after_seconds(code: Code) -> Option<u32> {
+    match code {
+        Code::RateLimited => Some(1),
+        Code::Unavailable => Some(5),
+        _ => None,
+    }
+}
+
+/// How bad a per-event code is, to pick the batch code when events failed differently:
+/// the answer should steer the client to the action that helps the most events.
+fn severity(code: Code) -> u8 {
+    match code {
+        Code::Unavailable => 6,
+        Code::RateLimited => 5,
+        Code::InternalError | Code::Unspecified => 4,
+        Code::PayloadTooLarge => 3,
+        Code::BadRequest => 2,
+        _ => 1,
+    }
+}
+
+/// The answer to a processed batch of `events` events of which `failures` failed.
+pub fn batch_response(
+    req_guid: &str,
+    events: usize,
+    mut failures: Vec<EventResult>,
+) -> SendEventResponse {
+    if failures.is_empty() {
+        return response(req_guid, Code::Ok, String::new(), failures);
+    }
+    failures.sort_by_key(|f| f.index);
+    let worst = failures
+        .iter()
+        .max_by_key(|f| severity(f.code()))
+        .expect("failures is not empty");
+    let reason = format!(
+        "{} of {} events failed; event {}: {}",
+        failures.len(),
+        events,
+        worst.index,
+        worst.reason
+    );
+    response(req_guid, worst.code(), reason, failures)
+}
+
+fn response(
+    req_guid: &str,
+    code: Code,
+    reason: String,
+    event_results: Vec<EventResult>,
+) -> SendEventResponse {
+    let status = if code == Code::Ok {
+        Status::Success
+    } else {
+        Status::Error
+    };
+    SendEventResponse {
+        status: status as i32,
+        code: code as i32,
+        sent_time: unix_seconds(),
+        reason,
+        data: [("req_guid".to_string(), req_guid.to_string())].into(),
+        event_results,
+    }
+}
+
+/// The failure of one event.
+pub fn event_failure(index: usize, code: Code, reason: impl Into<String>) -> EventResult {
+    EventResult {
+        index: index as u32,
+        code: code as i32,
+        reason: reason.into(),
+    }
+}
+
+/// The wire code and a user-facing reason for a Kafka produce error.
+pub fn kafka_failure(error: &KafkaError, topic: &str) -> (Code, String) {
+    let code = match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => Code::PayloadTooLarge,
+        Some(RDKafkaErrorCode::QueueFull) => Code::RateLimited,
+        Some(
+            RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidMessage,
+        ) => Code::InternalError,
+        _ => Code::Unavailable,
+    };
+    (
+        code,
+        format!("Kafka did not take the event for topic {topic}: {error}"),
+    )
+}
+
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_echoes_req_guid_and_has_no_reason() {
+        let r = batch_response("g-1", 3, vec![]);
+        assert_eq!(r.status(), Status::Success);
+        assert_eq!(r.code(), Code::Ok);
+        assert_eq!(r.data["req_guid"], "g-1");
+        assert!(r.reason.is_empty());
+        assert!(r.sent_time > 1_600_000_000);
+    }
+
+    #[test]
+    fn batch_code_is_the_most_severe_event_code() {
+        let r = batch_response(
+            "g",
+            5,
+            vec![
+                event_failure(3, Code::BadRequest, "bad type"),
+                event_failure(1, Code::Unavailable, "broker down"),
+            ],
+        );
+        assert_eq!(r.status(), Status::Error);
+        assert_eq!(r.code(), Code::Unavailable);
+        assert_eq!(r.event_results[0].index, 1, "sorted by index");
+        assert!(r.reason.contains("2 of 5 events failed"), "{}", r.reason);
+        assert!(r.reason.contains("broker down"), "{}", r.reason);
+    }
+
+    #[test]
+    fn every_code_maps_to_http_and_grpc() {
+        let cases = [
+            (Code::Ok, 200, tonic::Code::Ok),
+            (Code::BadRequest, 400, tonic::Code::InvalidArgument),
+            (Code::Unauthorized, 401, tonic::Code::Unauthenticated),
+            (Code::PayloadTooLarge, 413, tonic::Code::ResourceExhausted),
+            (Code::RateLimited, 429, tonic::Code::ResourceExhausted),
+            (Code::Unavailable, 503, tonic::Code::Unavailable),
+            (Code::InternalError, 500, tonic::Code::Internal),
+            (
+                Code::MaxConnectionLimitReached,
+                429,
+                tonic::Code::ResourceExhausted,
+            ),
+            (
+                Code::MaxUserLimitReached,
+                429,
+                tonic::Code::ResourceExhausted,
+            ),
+        ];
+        for (code, http, grpc) in cases {
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+            assert_eq!(grpc_code(code), grpc, "{code:?}");
+        }
+        assert_eq!(retry_after_seconds(Code::RateLimited), Some(1));
+        assert_eq!(retry_after_seconds(Code::Unavailable), Some(5));
+        assert_eq!(retry_after_seconds(Code::BadRequest), None);
+    }
+
+    #[test]
+    fn rejections_name_the_problem() {
+        let r = Rejection::UnsupportedMediaType("text/plain".into());
+        assert_eq!(r.http_status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(r.code(), Code::BadRequest);
+        assert!(r.to_string().contains("text/plain"));
+        let r = Rejection::TooLarge { limit: 10 }.response("x");
+        assert_eq!(r.code(), Code::PayloadTooLarge);
+        assert!(r.reason.contains("10 bytes"));
+    }
+
+    #[test]
+    fn kafka_errors_map_to_codes() {
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert_eq!(kafka_failure(&e, "t").0, Code::Unavailable);
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert_eq!(kafka_failure(&e, "t").0, Code::PayloadTooLarge);
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+        assert_eq!(kafka_failure(&e, "t").0, Code::RateLimited);
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
+        let (code, reason) = kafka_failure(&e, "clicks");
+        assert_eq!(code, Code::InternalError);
+        assert!(reason.contains("clicks"));
+    }
+}

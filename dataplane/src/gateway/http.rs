@@ -1,0 +1,209 @@
+//! The HTTP port: `POST /api/v1/events`, the WebSocket upgrade on
+//! `GET /api/v1/events`, and `GET /ping`.
+//!
+//! Request bodies may be gzip-compressed (`Content-Encoding: gzip`); the size limit
+//! applies to the decompressed body, so a small compressed bomb is refused too. Answers
+//! use the request's encoding and carry `Retry-After` when retrying helps.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::decompression::RequestDecompressionLayer;
+use weir_crds::pipeline::CorsSpec;
+use weir_proto::SendEventResponse;
+
+use super::Shared;
+use super::ack::{self, Rejection};
+use super::decode::{self, ContentKind, Encoding};
+use super::identity::Identity;
+use super::ingest::Transport;
+use super::json::Dialect;
+use super::ws;
+
+/// The HTTP and WebSocket routes.
+pub fn routes(shared: Arc<Shared>) -> Router {
+    let cors = cors_layer(&shared.spec.cors, &shared.spec);
+    let router = Router::new()
+        .route("/api/v1/events", post(post_events).get(upgrade))
+        .route("/ping", get(|| async { "pong" }))
+        // The handler enforces the batch limit itself, after decompression.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestDecompressionLayer::new())
+        .with_state(shared);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+fn cors_layer(spec: &CorsSpec, pipeline: &weir_crds::PipelineSpec) -> Option<CorsLayer> {
+    if spec.allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = if spec.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            spec.allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    let headers: Vec<HeaderName> = [
+        "content-type",
+        "content-encoding",
+        &pipeline.identity.id_header,
+        &pipeline.identity.group_header,
+        &pipeline.auth.header,
+    ]
+    .into_iter()
+    .chain(spec.allowed_headers.iter().map(String::as_str))
+    .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+    .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers(headers)
+            .max_age(spec.max_age),
+    )
+}
+
+/// Reads a header as text.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Checks credentials and reads identity, the same for every HTTP request.
+pub fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Identity, Rejection> {
+    shared.auth.check(|name| header(headers, name))?;
+    super::identity::identify(&shared.spec.identity, |name| header(headers, name))
+}
+
+async fn post_events(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received = Instant::now();
+    let kind = decode::content_kind(header(&headers, CONTENT_TYPE.as_str()));
+    // Refusals before the body is understood answer in the encoding asked for, or in
+    // Raccoon's JSON when the content type itself is the problem.
+    let fallback = match kind {
+        Ok(ContentKind::Protobuf) => Encoding::Protobuf,
+        _ => Encoding::Json(Dialect::Raccoon),
+    };
+    let prepared = async {
+        let identity = authenticate(&shared, &headers)?;
+        let kind = kind?;
+        let limit = shared.spec.limits.max_batch_bytes;
+        let body = read_body(body, limit).await?;
+        let wire_bytes = body.len();
+        let (request, encoding) =
+            decode::decode_request(kind, body, shared.spec.limits.max_events_per_batch)?;
+        Ok::<_, Rejection>((identity, request, wire_bytes, encoding))
+    }
+    .await;
+    match prepared {
+        Ok((identity, request, wire_bytes, encoding)) => {
+            let response = shared
+                .ingestor
+                .ingest(&identity, request, wire_bytes, Transport::Http, received)
+                .await;
+            let status = ack::http_status(response.code());
+            reply(status, &response, encoding)
+        }
+        Err(rejection) => {
+            shared
+                .ingestor
+                .answered(Transport::Http, rejection.code(), received);
+            reply(rejection.http_status(), &rejection.response(""), fallback)
+        }
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Rejection> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let source = e.into_inner();
+        if source
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            Rejection::TooLarge { limit }
+        } else {
+            Rejection::BadRequest(format!("cannot read the request body: {source}"))
+        }
+    })
+}
+
+fn reply(status: StatusCode, response: &SendEventResponse, encoding: Encoding) -> Response {
+    let body = decode::encode_response(response, encoding);
+    let mut out = (status, body).into_response();
+    let headers = out.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(encoding.content_type()),
+    );
+    if let Some(seconds) = ack::retry_after_seconds(response.code()) {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    out
+}
+
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let received = Instant::now();
+    if shared.shutdown.is_cancelled() {
+        let rejection = Rejection::Unavailable("the gateway is shutting down".into());
+        return reply(
+            rejection.http_status(),
+            &rejection.response(""),
+            Encoding::Json(Dialect::Raccoon),
+        );
+    }
+    let identity = match authenticate(&shared, &headers) {
+        Ok(identity) => identity,
+        Err(rejection) => {
+            shared
+                .ingestor
+                .answered(Transport::WebSocket, rejection.code(), received);
+            return reply(
+                rejection.http_status(),
+                &rejection.response(""),
+                Encoding::Json(Dialect::Raccoon),
+            );
+        }
+    };
+    // Raccoon upgrades first and then refuses over the socket (a response with the code,
+    // then close 1008), so clients read the reason the same way here.
+    let registration = shared.connections.register(&identity);
+    let limit = shared.spec.limits.max_batch_bytes;
+    let tracker = shared.sessions.clone();
+    upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                match registration {
+                    Ok(guard) => ws::serve(socket, shared, identity, guard).await,
+                    Err(rejection) => ws::refuse(socket, &rejection).await,
+                }
+            })
+        })
+}
+
+/// How long a refused socket may take to receive its refusal.
+pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,243 @@
+//! One batch's way through the gateway, whatever transport brought it:
+//! admit → route → publish → ack.
+//!
+//! Invariants:
+//! - Memory: a batch holds `wire_bytes` of the in-flight budget from admission until its
+//!   answer is built, so admitted-but-unanswered data is bounded by
+//!   `limits.maxInflightBytes`. A batch that finds no room within
+//!   `limits.admissionTimeout` is answered RATE_LIMITED at once: a full gateway never
+//!   makes a client hang.
+//! - Acks: with sync acks the answer waits for every delivery report (bounded by
+//!   `kafka.deliveryTimeout`), and only reported deliveries count as success.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Semaphore;
+use weir_crds::pipeline::AckMode;
+use weir_proto::{Code, SendEventRequest, SendEventResponse};
+
+use super::ack::{self, Rejection};
+use super::identity::Identity;
+use super::metrics::Metrics;
+use super::publish::{BatchContext, Outgoing, Publisher};
+use super::route::{Route, Router};
+
+/// The transport a batch came in on, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `POST /api/v1/events`.
+    Http,
+    /// WebSocket frames.
+    WebSocket,
+    /// gRPC `SendEvent`.
+    Grpc,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::WebSocket => "websocket",
+            Transport::Grpc => "grpc",
+        }
+    }
+}
+
+/// Extra time past Kafka's own delivery timeout before a batch stops waiting: librdkafka
+/// reports every event by then, so this only guards against a lost report.
+const DELIVERY_GRACE: Duration = Duration::from_secs(5);
+
+/// Processes batches; shared by every transport.
+pub struct Ingestor {
+    router: Arc<Router>,
+    publisher: Arc<Publisher>,
+    metrics: Arc<Metrics>,
+    inflight: Semaphore,
+    admission_timeout: Duration,
+    ack_deadline: Duration,
+    acks: AckMode,
+}
+
+/// What an `Ingestor` needs besides its collaborators.
+pub struct IngestSettings {
+    /// `limits.maxInflightBytes`.
+    pub max_inflight_bytes: usize,
+    /// `limits.admissionTimeout`.
+    pub admission_timeout: Duration,
+    /// `kafka.deliveryTimeout`.
+    pub delivery_timeout: Duration,
+    /// `acks`.
+    pub acks: AckMode,
+}
+
+impl Ingestor {
+    /// A new ingestor.
+    pub fn new(
+        router: Arc<Router>,
+        publisher: Arc<Publisher>,
+        metrics: Arc<Metrics>,
+        settings: IngestSettings,
+    ) -> Self {
+        Self {
+            router,
+            publisher,
+            metrics,
+            inflight: Semaphore::new(settings.max_inflight_bytes),
+            admission_timeout: settings.admission_timeout,
+            ack_deadline: settings.delivery_timeout + DELIVERY_GRACE,
+            acks: settings.acks,
+        }
+    }
+
+    /// Processes one batch and builds its answer. `wire_bytes` is the batch's encoded
+    /// size; `received` is when its first byte arrived.
+    pub async fn ingest(
+        &self,
+        identity: &Identity,
+        request: SendEventRequest,
+        wire_bytes: usize,
+        transport: Transport,
+        received: Instant,
+    ) -> SendEventResponse {
+        let response = match self.admit_and_publish(identity, &request, wire_bytes).await {
+            Ok(response) => response,
+            Err(rejection) => rejection.response(&request.req_guid),
+        };
+        self.answered(transport, response.code(), received);
+        response
+    }
+
+    /// Records an answered batch; transports call it for batches refused before ingest.
+    pub fn answered(&self, transport: Transport, code: Code, received: Instant) {
+        self.metrics
+            .batches
+            .with_label_values(&[transport.label(), code.as_str_name()])
+            .inc();
+        self.metrics
+            .ack_latency
+            .with_label_values(&[transport.label()])
+            .observe(received.elapsed().as_secs_f64());
+    }
+
+    async fn admit_and_publish(
+        &self,
+        identity: &Identity,
+        request: &SendEventRequest,
+        wire_bytes: usize,
+    ) -> Result<SendEventResponse, Rejection> {
+        let permits = u32::try_from(wire_bytes.max(1)).map_err(|_| Rejection::TooLarge {
+            limit: u32::MAX as usize,
+        })?;
+        let _admitted =
+            tokio::time::timeout(self.admission_timeout, self.inflight.acquire_many(permits))
+                .await
+                .map_err(|_| {
+                    Rejection::Overloaded(format!(
+                        "the gateway has no room for another batch within {:?}; retry later",
+                        self.admission_timeout
+                    ))
+                })?
+                .map_err(|_| Rejection::Unavailable("the gateway is shutting down".into()))?;
+        self.metrics.inflight_bytes.add(wire_bytes as i64);
+        let _release = InflightGauge(&self.metrics, wire_bytes);
+
+        let received_at = SystemTime::now();
+        self.count_received(request);
+        let table = self.router.table();
+        let mut failures = Vec::new();
+        let mut routed = Vec::with_capacity(request.events.len());
+        for (index, event) in request.events.iter().enumerate() {
+            match table.route(&event.r#type) {
+                Route::Topic(topic) => routed.push((index, topic, None)),
+                Route::DeadLetter { topic, reason } => routed.push((index, topic, Some(reason))),
+                Route::Reject(reason) => {
+                    let event_type = self.metrics.event_types.get(&event.r#type);
+                    self.metrics
+                        .events_failed
+                        .with_label_values(&[event_type, "", Code::BadRequest.as_str_name()])
+                        .inc();
+                    failures.push(ack::event_failure(index, Code::BadRequest, &*reason));
+                }
+            }
+        }
+        let connection_key = identity.id.as_deref().map(str::as_bytes);
+        let outgoing = routed.iter().map(|(index, topic, reason)| {
+            let event = &request.events[*index];
+            let key = if event.partition_key.is_empty() {
+                connection_key
+            } else {
+                Some(event.partition_key.as_bytes())
+            };
+            Outgoing {
+                index: *index,
+                topic,
+                key,
+                payload: &event.event_bytes,
+                event_type: &event.r#type,
+                dead_letter_reason: reason.as_deref(),
+            }
+        });
+        let context = BatchContext {
+            req_guid: &request.req_guid,
+            group: &identity.group,
+            sent_time_micros: request
+                .sent_time
+                .map(|t| t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos / 1000)),
+            received_at,
+        };
+        let pending = self.publisher.publish(outgoing, &context);
+        let delivery_failures = match self.acks {
+            AckMode::Sync => pending.wait(self.ack_deadline).await,
+            AckMode::Async => pending.enqueue_failures(),
+        };
+        failures.extend(delivery_failures);
+        Ok(ack::batch_response(
+            &request.req_guid,
+            request.events.len(),
+            failures,
+        ))
+    }
+
+    fn count_received(&self, request: &SendEventRequest) {
+        let mut by_type: HashMap<&str, (u64, u64)> = HashMap::new();
+        for event in &request.events {
+            let entry = by_type.entry(&event.r#type).or_default();
+            entry.0 += 1;
+            entry.1 += event.event_bytes.len() as u64;
+        }
+        for (event_type, (events, bytes)) in by_type {
+            let label = [self.metrics.event_types.get(event_type)];
+            self.metrics
+                .events_received
+                .with_label_values(&label)
+                .inc_by(events);
+            self.metrics
+                .bytes_received
+                .with_label_values(&label)
+                .inc_by(bytes);
+        }
+    }
+
+    /// Refuses new batches (they get UNAVAILABLE) once in-flight ones are done.
+    pub fn close(&self) {
+        self.inflight.close();
+    }
+
+    /// Updates the producer queue gauge.
+    pub fn sample_queue_depth(&self) {
+        self.metrics
+            .producer_queue
+            .set(i64::from(self.publisher.in_flight()));
+    }
+}
+
+/// Lowers the in-flight gauge when a batch is answered, however it ends.
+struct InflightGauge<'a>(&'a Metrics, usize);
+
+impl Drop for InflightGauge<'_> {
+    fn drop(&mut self) {
+        self.0.inflight_bytes.sub(self.1 as i64);
+    }
+}

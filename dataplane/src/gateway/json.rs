@@ -1,0 +1,342 @@
+//! The two JSON dialects clients send, and answers in the dialect each request used.
+//!
+//! - Raccoon's dialect: snake_case keys, `sent_time` as `{"seconds":N,"nanos":N}`, base64
+//!   `event_bytes`, and answers with numeric enums, `sent_time` as a number and an empty
+//!   `reason` left out.
+//! - Canonical proto3 JSON: camelCase keys, `sentTime` as an RFC 3339 string, and answers
+//!   with enum names and int64 as a string.
+//!
+//! A request is canonical when it uses any camelCase key; otherwise it is Raccoon's. Both
+//! timestamp forms are accepted under either key, and base64 may be standard or URL-safe,
+//! padded or not.
+
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use weir_proto::{Event, SendEventRequest, SendEventResponse};
+
+/// The JSON dialect of a request, which its answer uses too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// Raccoon's snake_case dialect.
+    Raccoon,
+    /// Canonical proto3 JSON.
+    Canonical,
+}
+
+/// Parses a JSON request in either dialect.
+pub fn parse_request(body: &[u8]) -> Result<(SendEventRequest, Dialect), String> {
+    let raw: RawRequest =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON request: {e}"))?;
+    let mut camel = raw.req_guid_camel.is_some() || raw.sent_time_camel.is_some();
+    let mut events = Vec::with_capacity(raw.events.len());
+    for (index, event) in raw.events.into_iter().enumerate() {
+        camel |= event.event_bytes_camel.is_some() || event.partition_key_camel.is_some();
+        let payload = event
+            .event_bytes
+            .or(event.event_bytes_camel)
+            .unwrap_or_default();
+        let event_bytes = decode_base64(&payload)
+            .map_err(|e| format!("events[{index}].event_bytes is not base64: {e}"))?;
+        events.push(Event {
+            event_bytes: Bytes::from(event_bytes),
+            r#type: event.event_type.unwrap_or_default(),
+            partition_key: event
+                .partition_key
+                .or(event.partition_key_camel)
+                .unwrap_or_default(),
+        });
+    }
+    let request = SendEventRequest {
+        req_guid: raw.req_guid.or(raw.req_guid_camel).unwrap_or_default(),
+        sent_time: raw.sent_time.or(raw.sent_time_camel).map(|t| t.0),
+        events,
+    };
+    let dialect = if camel {
+        Dialect::Canonical
+    } else {
+        Dialect::Raccoon
+    };
+    Ok((request, dialect))
+}
+
+/// Renders an answer in the given dialect.
+pub fn render_response(response: &SendEventResponse, dialect: Dialect) -> Vec<u8> {
+    let rendered = match dialect {
+        Dialect::Raccoon => serde_json::to_vec(&RaccoonResponse {
+            status: response.status,
+            code: response.code,
+            sent_time: response.sent_time,
+            reason: &response.reason,
+            data: &response.data,
+            event_results: response
+                .event_results
+                .iter()
+                .map(|r| RaccoonEventResult {
+                    index: r.index,
+                    code: r.code,
+                    reason: &r.reason,
+                })
+                .collect(),
+        }),
+        Dialect::Canonical => serde_json::to_vec(&CanonicalResponse {
+            status: response.status().as_str_name(),
+            code: response.code().as_str_name(),
+            sent_time: response.sent_time.to_string(),
+            reason: &response.reason,
+            data: &response.data,
+            event_results: response
+                .event_results
+                .iter()
+                .map(|r| CanonicalEventResult {
+                    index: r.index,
+                    code: r.code().as_str_name(),
+                    reason: &r.reason,
+                })
+                .collect(),
+        }),
+    };
+    rendered.expect("responses always serialize")
+}
+
+/// Renders a request in Raccoon's dialect (for clients and tests).
+pub fn render_request(request: &SendEventRequest) -> Vec<u8> {
+    let events: Vec<serde_json::Value> = request
+        .events
+        .iter()
+        .map(|e| {
+            let mut event = serde_json::json!({
+                "event_bytes": base64::engine::general_purpose::STANDARD.encode(&e.event_bytes),
+                "type": e.r#type,
+            });
+            if !e.partition_key.is_empty() {
+                event["partition_key"] = e.partition_key.clone().into();
+            }
+            event
+        })
+        .collect();
+    let mut body = serde_json::json!({ "req_guid": request.req_guid, "events": events });
+    if let Some(t) = &request.sent_time {
+        body["sent_time"] = serde_json::json!({ "seconds": t.seconds, "nanos": t.nanos });
+    }
+    serde_json::to_vec(&body).expect("requests always serialize")
+}
+
+const BASE64_CONFIG: GeneralPurposeConfig =
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, BASE64_CONFIG);
+const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, BASE64_CONFIG);
+
+fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    STANDARD.decode(text).or_else(|e| {
+        // Proto3 JSON allows the URL-safe alphabet; only fall back when it could apply.
+        if text.contains(['-', '_']) {
+            URL_SAFE.decode(text)
+        } else {
+            Err(e)
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct RawRequest {
+    req_guid: Option<String>,
+    #[serde(rename = "reqGuid")]
+    req_guid_camel: Option<String>,
+    sent_time: Option<JsonTimestamp>,
+    #[serde(rename = "sentTime")]
+    sent_time_camel: Option<JsonTimestamp>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    events: Vec<RawEvent>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    event_bytes: Option<String>,
+    #[serde(rename = "eventBytes")]
+    event_bytes_camel: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    partition_key: Option<String>,
+    #[serde(rename = "partitionKey")]
+    partition_key_camel: Option<String>,
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEvent>, D::Error> {
+    Ok(Option::<Vec<RawEvent>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A timestamp as Raccoon's `{seconds, nanos}` object or an RFC 3339 string.
+struct JsonTimestamp(prost_types::Timestamp);
+
+impl<'de> Deserialize<'de> for JsonTimestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Object {
+                #[serde(default)]
+                seconds: i64,
+                #[serde(default)]
+                nanos: i32,
+            },
+            Text(String),
+        }
+        let timestamp = match Form::deserialize(d)? {
+            Form::Object { seconds, nanos } => prost_types::Timestamp { seconds, nanos },
+            Form::Text(text) => text.parse().map_err(|e| {
+                de::Error::custom(format!("sent_time {text:?} is not an RFC 3339 time: {e}"))
+            })?,
+        };
+        if !(0..1_000_000_000).contains(&timestamp.nanos) {
+            return Err(de::Error::custom("sent_time nanos must be in 0..1e9"));
+        }
+        Ok(JsonTimestamp(timestamp))
+    }
+}
+
+#[derive(Serialize)]
+struct RaccoonResponse<'a> {
+    status: i32,
+    code: i32,
+    sent_time: i64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+    data: &'a std::collections::HashMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    event_results: Vec<RaccoonEventResult<'a>>,
+}
+
+#[derive(Serialize)]
+struct RaccoonEventResult<'a> {
+    index: u32,
+    code: i32,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CanonicalResponse<'a> {
+    status: &'static str,
+    code: &'static str,
+    sent_time: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+    data: &'a std::collections::HashMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    event_results: Vec<CanonicalEventResult<'a>>,
+}
+
+#[derive(Serialize)]
+struct CanonicalEventResult<'a> {
+    index: u32,
+    code: &'static str,
+    reason: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::ack;
+    use weir_proto::Code;
+
+    #[test]
+    fn raccoon_dialect_request() {
+        let body = br#"{"req_guid":"abc","sent_time":{"seconds":1700000000,"nanos":5},
+            "events":[{"event_bytes":"aGVsbG8=","type":"click"}]}"#;
+        let (req, dialect) = parse_request(body).unwrap();
+        assert_eq!(dialect, Dialect::Raccoon);
+        assert_eq!(req.req_guid, "abc");
+        assert_eq!(req.sent_time.unwrap().seconds, 1_700_000_000);
+        assert_eq!(req.sent_time.unwrap().nanos, 5);
+        assert_eq!(&req.events[0].event_bytes[..], b"hello");
+        assert_eq!(req.events[0].r#type, "click");
+    }
+
+    #[test]
+    fn canonical_dialect_request() {
+        let body = br#"{"reqGuid":"abc","sentTime":"2023-11-14T22:13:20.5Z",
+            "events":[{"eventBytes":"aGVsbG8","type":"click","partitionKey":"u1"}]}"#;
+        let (req, dialect) = parse_request(body).unwrap();
+        assert_eq!(dialect, Dialect::Canonical);
+        assert_eq!(req.sent_time.unwrap().seconds, 1_700_000_000);
+        assert_eq!(req.sent_time.unwrap().nanos, 500_000_000);
+        assert_eq!(&req.events[0].event_bytes[..], b"hello", "unpadded base64");
+        assert_eq!(req.events[0].partition_key, "u1");
+    }
+
+    #[test]
+    fn url_safe_base64_and_null_events() {
+        let (req, _) = parse_request(br#"{"events":[{"eventBytes":"-_8","type":"t"}]}"#).unwrap();
+        assert_eq!(&req.events[0].event_bytes[..], &[0xfb, 0xff]);
+        let (req, dialect) = parse_request(br#"{"req_guid":"x","events":null}"#).unwrap();
+        assert!(req.events.is_empty());
+        assert_eq!(dialect, Dialect::Raccoon);
+    }
+
+    #[test]
+    fn malformed_json_names_the_problem() {
+        for (body, needle) in [
+            (&b"{not json"[..], "invalid JSON"),
+            (
+                br#"{"events":[{"event_bytes":"***","type":"t"}]}"#,
+                "events[0].event_bytes",
+            ),
+            (br#"{"events":"many"}"#, "invalid JSON"),
+            (br#"{"sent_time":"yesterday"}"#, "RFC 3339"),
+            (br#"{"sent_time":{"seconds":1,"nanos":-1}}"#, "nanos"),
+            (br#"[1,2]"#, "invalid JSON"),
+            (b"", "invalid JSON"),
+        ] {
+            let err = parse_request(body).unwrap_err();
+            assert!(err.contains(needle), "{err} should contain {needle}");
+        }
+    }
+
+    #[test]
+    fn raccoon_answer_uses_numbers_and_omits_empty_reason() {
+        let ok = ack::batch_response("g", 1, vec![]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&render_response(&ok, Dialect::Raccoon)).unwrap();
+        assert_eq!(v["status"], 1);
+        assert_eq!(v["code"], 1);
+        assert!(v["sent_time"].is_i64());
+        assert_eq!(v["data"]["req_guid"], "g");
+        assert!(v.get("reason").is_none());
+        assert!(v.get("event_results").is_none());
+    }
+
+    #[test]
+    fn canonical_answer_uses_names() {
+        let failed =
+            ack::batch_response("g", 2, vec![ack::event_failure(1, Code::Unavailable, "x")]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&render_response(&failed, Dialect::Canonical)).unwrap();
+        assert_eq!(v["status"], "STATUS_ERROR");
+        assert_eq!(v["code"], "CODE_UNAVAILABLE");
+        assert!(v["sentTime"].is_string());
+        assert_eq!(v["eventResults"][0]["index"], 1);
+        assert_eq!(v["eventResults"][0]["code"], "CODE_UNAVAILABLE");
+    }
+
+    #[test]
+    fn rendered_request_parses_back() {
+        let req = SendEventRequest {
+            req_guid: "r".into(),
+            sent_time: Some(prost_types::Timestamp {
+                seconds: 9,
+                nanos: 1,
+            }),
+            events: vec![Event {
+                event_bytes: Bytes::from_static(b"\x00\x01"),
+                r#type: "t".into(),
+                partition_key: "k".into(),
+            }],
+        };
+        let (back, dialect) = parse_request(&render_request(&req)).unwrap();
+        assert_eq!(back, req);
+        assert_eq!(dialect, Dialect::Raccoon);
+    }
+}

@@ -1,0 +1,236 @@
+//! The ingestion gateway: receive → decode → route → publish → ack.
+//!
+//! `receive` is three transports ([`http`], [`ws`], [`grpc`]) that decode with
+//! [`decode`]/[`json`] and hand batches to one [`ingest::Ingestor`], which routes
+//! ([`route`]), publishes ([`publish`]) and builds the answer ([`ack`]).
+//!
+//! Shutdown (SIGTERM), in order: readiness turns false; listeners stop accepting;
+//! WebSocket sessions stop reading, answer what they accepted and send close 1001;
+//! HTTP and gRPC calls in progress finish; the producer is flushed; the process exits.
+//! Every phase shares one `shutdown.drainTimeout` budget.
+
+pub mod ack;
+pub mod decode;
+pub mod grpc;
+pub mod http;
+pub mod identity;
+pub mod ingest;
+pub mod json;
+pub mod metrics;
+pub mod ops;
+pub mod publish;
+pub mod route;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_crds::PipelineSpec;
+
+use identity::{Authenticator, ConnectionRegistry};
+use ingest::{IngestSettings, Ingestor};
+use metrics::Metrics;
+use ops::Health;
+use publish::Publisher;
+use route::{Router, RoutingTable};
+
+/// State every transport shares.
+pub struct Shared {
+    /// The validated configuration.
+    pub spec: PipelineSpec,
+    /// The batch processor.
+    pub ingestor: Ingestor,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Credentials check.
+    pub auth: Authenticator,
+    /// Open WebSocket connections.
+    pub connections: Arc<ConnectionRegistry>,
+    /// Cancelled when shutdown starts.
+    pub shutdown: CancellationToken,
+    /// WebSocket sessions, awaited at shutdown.
+    pub sessions: TaskTracker,
+    /// Readiness.
+    pub health: Arc<Health>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    publisher: Arc<Publisher>,
+    /// The bound HTTP/WebSocket address.
+    pub http_addr: SocketAddr,
+    /// The bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The bound metrics address.
+    pub metrics_addr: SocketAddr,
+    servers: Vec<JoinHandle<()>>,
+    background: CancellationToken,
+    ops_server: JoinHandle<()>,
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+impl Gateway {
+    /// Starts the gateway on a validated spec. Returns once every port is listening.
+    pub async fn start(spec: PipelineSpec) -> anyhow::Result<Self> {
+        crate::config::validate(&spec)?;
+        let metrics = Arc::new(Metrics::new());
+        let table = match &spec.routing.file {
+            Some(path) => route::load_routing_file(path.as_ref())?,
+            None => RoutingTable::compile(&spec.routing)?,
+        };
+        let router = Arc::new(Router::new(table));
+        let publisher = Arc::new(
+            Publisher::new(&crate::kafka::producer_config(&spec.kafka), metrics.clone())
+                .context("cannot create the Kafka producer (check kafka.properties)")?,
+        );
+        let ingestor = Ingestor::new(
+            router.clone(),
+            publisher.clone(),
+            metrics.clone(),
+            IngestSettings {
+                max_inflight_bytes: spec.limits.max_inflight_bytes,
+                admission_timeout: spec.limits.admission_timeout,
+                delivery_timeout: spec.kafka.delivery_timeout,
+                acks: spec.acks,
+            },
+        );
+        let http_listener = bind(&spec.listen.http, "listen.http").await?;
+        let grpc_listener = bind(&spec.listen.grpc, "listen.grpc").await?;
+        let metrics_listener = bind(&spec.listen.metrics, "listen.metrics").await?;
+        let shared = Arc::new(Shared {
+            auth: Authenticator::from_spec(&spec.auth)?,
+            connections: Arc::new(ConnectionRegistry::new(
+                spec.websocket.max_connections,
+                spec.identity.duplicates,
+            )),
+            ingestor,
+            metrics: metrics.clone(),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            health: Arc::new(Health::default()),
+            spec,
+        });
+        let http_addr = http_listener.local_addr()?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        let background = CancellationToken::new();
+
+        let stop = shared.shutdown.clone();
+        let app = http::routes(shared.clone());
+        let http_server = tokio::spawn(async move {
+            let served = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        });
+
+        let stop = shared.shutdown.clone();
+        let (raccoon, weir) = grpc::services(shared.clone());
+        let grpc_server = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(raccoon)
+                .add_service(weir)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc_listener)
+                        .with_nodelay(Some(true)),
+                    async move { stop.cancelled().await },
+                )
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "gRPC server failed");
+            }
+        });
+
+        let stop = background.clone();
+        let ops_app = ops::routes(shared.clone());
+        let ops_server = tokio::spawn(async move {
+            let served = axum::serve(metrics_listener, ops_app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
+
+        tokio::spawn(ops::watch_kafka(
+            publisher.clone(),
+            shared.health.clone(),
+            background.clone(),
+        ));
+        if let Some(path) = &shared.spec.routing.file {
+            tokio::spawn(route::watch_routing_file(
+                router,
+                PathBuf::from(path),
+                shared.spec.routing.reload_interval,
+                metrics,
+                background.clone(),
+            ));
+        }
+        tracing::info!(%http_addr, %grpc_addr, %metrics_addr, "gateway listening");
+        Ok(Self {
+            shared,
+            publisher,
+            http_addr,
+            grpc_addr,
+            metrics_addr,
+            servers: vec![http_server, grpc_server],
+            background,
+            ops_server,
+        })
+    }
+
+    /// Readiness as `/readyz` reports it.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.shared.health.readiness()
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Drains and stops: see the module docs for the order.
+    pub async fn shutdown(self) {
+        let started = Instant::now();
+        let budget = self.shared.spec.shutdown.drain_timeout;
+        tracing::info!("draining");
+        self.shared.health.start_draining();
+        self.shared.shutdown.cancel();
+        self.shared.sessions.close();
+        let servers = futures_util::future::join_all(self.servers);
+        let drained = async {
+            servers.await;
+            self.shared.sessions.wait().await;
+        };
+        if tokio::time::timeout(budget, drained).await.is_err() {
+            tracing::warn!(?budget, "drain timeout reached with work still in flight");
+        }
+        self.shared.ingestor.close();
+        let remaining = budget.saturating_sub(started.elapsed());
+        let publisher = self.publisher.clone();
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(remaining)).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("producer flushed"),
+            Ok(Err(error)) => tracing::error!(%error, "producer flush incomplete"),
+            Err(error) => tracing::error!(%error, "producer flush panicked"),
+        }
+        self.background.cancel();
+        let _ = self.ops_server.await;
+        tracing::info!(elapsed = ?started.elapsed(), "gateway stopped");
+    }
+}

@@ -1,0 +1,220 @@
+//! A WebSocket session: batches in as frames (binary = protobuf, text = JSON), answers
+//! out in the same frame type, carrying `req_guid`.
+//!
+//! Invariants:
+//! - Pipelining is bounded: at most `limits.maxInflightBatchesPerConnection` batches of
+//!   one connection are being processed; past that the session stops reading, so TCP
+//!   pushes back on the client, while answers keep flowing.
+//! - Liveness: the server pings every `websocket.pingInterval`; any frame from the
+//!   client counts as alive, and one silent for `websocket.idleTimeout` is closed.
+//! - Closing (shutdown, replacement by a newer connection, idle): the session stops
+//!   reading, answers every batch it accepted, then sends a close frame.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Semaphore, mpsc};
+use weir_proto::SendEventResponse;
+
+use super::Shared;
+use super::ack::Rejection;
+use super::decode::{self, ContentKind, Encoding};
+use super::identity::{ConnectionGuard, Identity};
+use super::ingest::Transport;
+use super::json::Dialect;
+
+/// Refuses an upgraded socket: the answer with the code, then close 1008, as Raccoon does.
+pub async fn refuse(mut socket: WebSocket, rejection: &Rejection) {
+    let body = decode::encode_response(&rejection.response(""), Encoding::Protobuf);
+    let refusal = async {
+        socket.send(Message::Binary(body.into())).await?;
+        socket
+            .send(Message::Close(Some(CloseFrame {
+                code: close_code::POLICY,
+                reason: truncate(&rejection.to_string(), 120).into(),
+            })))
+            .await
+    };
+    let _ = tokio::time::timeout(super::http::REFUSAL_TIMEOUT, refusal).await;
+}
+
+/// Why a session ends.
+struct Closing {
+    code: u16,
+    reason: String,
+}
+
+impl Closing {
+    fn new(code: u16, reason: impl Into<String>) -> Option<Self> {
+        Some(Self {
+            code,
+            reason: reason.into(),
+        })
+    }
+
+    /// A read error: an oversized message (1009) or a protocol violation (1002).
+    fn read_error(error: &axum::Error, limit: usize) -> Option<Self> {
+        let text = error.to_string();
+        let lowered = text.to_ascii_lowercase();
+        if lowered.contains("too long") || lowered.contains("size") || lowered.contains("capacity")
+        {
+            Self::new(close_code::SIZE, format!("message exceeds {limit} bytes"))
+        } else {
+            Self::new(close_code::PROTOCOL, text)
+        }
+    }
+}
+
+/// Serves one admitted connection until it closes.
+pub async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    identity: Identity,
+    guard: ConnectionGuard,
+) {
+    let group_label = shared.metrics.groups.get(&identity.group).to_string();
+    let gauge = shared
+        .metrics
+        .connections
+        .with_label_values(&[&group_label]);
+    gauge.inc();
+    let identity = Arc::new(identity);
+    let settings = &shared.spec.websocket;
+    let max_inflight = shared.spec.limits.max_inflight_batches_per_connection;
+    let (mut sink, mut stream) = socket.split();
+    let (replies, mut outbox) = mpsc::channel::<Message>(max_inflight + 2);
+
+    // The writer owns the sending half; a client that stops reading for a whole idle
+    // timeout is dropped rather than allowed to pin answers in memory.
+    let write_timeout = settings.idle_timeout;
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outbox.recv().await {
+            let is_close = matches!(message, Message::Close(_));
+            match tokio::time::timeout(write_timeout, sink.send(message)).await {
+                Ok(Ok(())) if !is_close => {}
+                _ => break,
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let permits = Arc::new(Semaphore::new(max_inflight));
+    let mut last_heard = Instant::now();
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.ping_interval,
+        settings.ping_interval,
+    );
+    let closing = loop {
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => {
+                break Closing::new(close_code::AWAY, "server shutting down");
+            }
+            _ = guard.kicked.cancelled() => {
+                break Closing::new(close_code::POLICY, "replaced by a newer connection with the same identity");
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= settings.idle_timeout {
+                    break Closing::new(close_code::AWAY, "idle timeout");
+                }
+                if replies.try_send(Message::Ping(Bytes::new())).is_err() {
+                    // The outbox is full of answers, which will do as a liveness probe.
+                }
+            }
+            frame = stream.next() => {
+                let frame = match frame {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(error)) => break Closing::read_error(&error, shared.spec.limits.max_batch_bytes),
+                    None => break None,
+                };
+                last_heard = Instant::now();
+                let (kind, payload) = match frame {
+                    Message::Binary(bytes) => (ContentKind::Protobuf, bytes),
+                    Message::Text(text) => (ContentKind::Json, Bytes::from(text)),
+                    Message::Close(_) => break None,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                let received = Instant::now();
+                let Ok(permit) = permits.clone().acquire_owned().await else { break None };
+                let shared = shared.clone();
+                let identity = identity.clone();
+                let replies = replies.clone();
+                tokio::spawn(async move {
+                    let (response, encoding) = process(&shared, &identity, kind, payload, received).await;
+                    let body = decode::encode_response(&response, encoding);
+                    let message = match encoding {
+                        Encoding::Protobuf => Message::Binary(body.into()),
+                        Encoding::Json(_) => Message::Text(
+                            String::from_utf8(body).expect("JSON is UTF-8").into(),
+                        ),
+                    };
+                    let _ = replies.send(message).await;
+                    drop(permit);
+                });
+            }
+        }
+    };
+
+    // Answer what was accepted, then say goodbye.
+    let drain = shared.spec.shutdown.drain_timeout;
+    let _ = tokio::time::timeout(drain, permits.acquire_many(max_inflight as u32)).await;
+    if let Some(Closing { code, reason }) = closing {
+        let _ = replies
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                // Close reasons are limited to 123 bytes by the protocol.
+                reason: truncate(&reason, 120).into(),
+            })))
+            .await;
+    }
+    drop(replies);
+    let _ = tokio::time::timeout(drain, writer).await;
+    gauge.dec();
+    drop(guard);
+}
+
+async fn process(
+    shared: &Shared,
+    identity: &Identity,
+    kind: ContentKind,
+    payload: Bytes,
+    received: Instant,
+) -> (SendEventResponse, Encoding) {
+    let wire_bytes = payload.len();
+    match decode::decode_request(kind, payload, shared.spec.limits.max_events_per_batch) {
+        Ok((request, encoding)) => {
+            let response = shared
+                .ingestor
+                .ingest(
+                    identity,
+                    request,
+                    wire_bytes,
+                    Transport::WebSocket,
+                    received,
+                )
+                .await;
+            (response, encoding)
+        }
+        Err(rejection) => {
+            shared
+                .ingestor
+                .answered(Transport::WebSocket, rejection.code(), received);
+            let encoding = match kind {
+                ContentKind::Protobuf => Encoding::Protobuf,
+                ContentKind::Json => Encoding::Json(Dialect::Raccoon),
+            };
+            (rejection.response(""), encoding)
+        }
+    }
+}
+
+fn truncate(text: &str, max_bytes: usize) -> String {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}

@@ -1,0 +1,171 @@
+//! Kafka clients: the producer's configuration, topic creation, and the in-process
+//! mock cluster `weir dev` and the tests run on.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use weir_crds::pipeline::{KafkaSpec, TopicSpec};
+
+/// Errors talking to Kafka outside the publish path.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// A client could not be created (usually a bad librdkafka property).
+    #[error("cannot create a Kafka client: {0}")]
+    Client(rdkafka::error::KafkaError),
+    /// Topic creation or growth failed.
+    #[error("cannot ensure topic {topic}: {message}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The producer configuration: Weir's defaults, then the user's properties on top.
+pub fn producer_config(spec: &KafkaSpec) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &spec.bootstrap_servers)
+        // An ack must mean the event survives a broker loss, and retries must not
+        // duplicate or reorder.
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set(
+            "message.timeout.ms",
+            spec.delivery_timeout.as_millis().to_string(),
+        )
+        // Small batches of many connections add up: a short linger fills requests
+        // without adding visible latency.
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("batch.num.messages", "10000");
+    for (key, value) in &spec.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+fn admin_config(spec: &KafkaSpec) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &spec.bootstrap_servers);
+    // Security settings apply to the admin client too; producer-only ones do not.
+    for (key, value) in &spec.properties {
+        if key.starts_with("security.") || key.starts_with("ssl.") || key.starts_with("sasl.") {
+            config.set(key, value);
+        }
+    }
+    config
+}
+
+/// Creates missing topics and grows ones with fewer partitions. Never deletes or shrinks.
+pub async fn ensure_topics(spec: &KafkaSpec, topics: &[TopicSpec]) -> Result<(), KafkaSetupError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = admin_config(spec)
+        .create()
+        .map_err(KafkaSetupError::Client)?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let new_topics: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            let replication = TopicReplication::Fixed(t.replication_factor.unwrap_or(-1));
+            t.configs.iter().fold(
+                NewTopic::new(&t.name, t.partitions, replication),
+                |topic, (k, v)| topic.set(k, v),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(|e| KafkaSetupError::Topic {
+            topic: topics
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            message: e.to_string(),
+        })?;
+    let mut existing = Vec::new();
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(name),
+            Err((topic, code)) => {
+                return Err(KafkaSetupError::Topic {
+                    topic,
+                    message: code.to_string(),
+                });
+            }
+        }
+    }
+    if existing.is_empty() {
+        return Ok(());
+    }
+    // Grow existing topics that have fewer partitions than asked.
+    let metadata = {
+        let admin_client = admin.inner();
+        admin_client
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(KafkaSetupError::Client)?
+    };
+    let mut grow = Vec::new();
+    for topic in topics.iter().filter(|t| existing.contains(&t.name)) {
+        let current = metadata
+            .topics()
+            .iter()
+            .find(|m| m.name() == topic.name)
+            .map(|m| m.partitions().len() as i32)
+            .unwrap_or(0);
+        if current < topic.partitions {
+            grow.push(NewPartitions::new(&topic.name, topic.partitions as usize));
+        }
+    }
+    if !grow.is_empty() {
+        for result in admin
+            .create_partitions(&grow, &options)
+            .await
+            .map_err(KafkaSetupError::Client)?
+        {
+            if let Err((topic, code)) = result {
+                return Err(KafkaSetupError::Topic {
+                    topic,
+                    message: format!("cannot add partitions: {code}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// librdkafka's in-process mock cluster: real Kafka protocol on loopback ports, no
+/// broker to install. Not `Send`: keep it on the task that created it.
+pub struct EmbeddedKafka {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl EmbeddedKafka {
+    /// Starts a mock cluster of `brokers` brokers.
+    pub fn start(brokers: i32) -> Result<Self, KafkaSetupError> {
+        let cluster = MockCluster::new(brokers).map_err(KafkaSetupError::Client)?;
+        Ok(Self { cluster })
+    }
+
+    /// The bootstrap address any Kafka client can use.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// The cluster, for fault injection in tests.
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        &self.cluster
+    }
+}
