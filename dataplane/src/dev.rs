@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::config;
 use crate::gateway::Gateway;
-use crate::kafka::{self, EmbeddedKafka};
+use crate::kafka::EmbeddedKafka;
 
 /// Options of `weir dev`.
 #[derive(Clone, Debug, clap::Args)]
@@ -40,7 +40,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     spec.listen.http = options.http;
     spec.listen.grpc = options.grpc;
     spec.listen.metrics = options.metrics;
-    kafka::ensure_topics(&spec.kafka, &spec.topics).await?;
+    embedded.create_topics(&spec.topics)?;
     let gateway = Gateway::start(spec).await?;
     println!("Weir dev is running. Ctrl-C stops it.");
     println!(

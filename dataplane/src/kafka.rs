@@ -164,6 +164,20 @@ impl EmbeddedKafka {
         self.cluster.bootstrap_servers()
     }
 
+    /// Creates the spec's topics through the mock's own API (the mock brokers do not
+    /// serve the admin API). Topics not listed are created on first use.
+    pub fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), KafkaSetupError> {
+        for topic in topics {
+            self.cluster
+                .create_topic(&topic.name, topic.partitions, 1)
+                .map_err(|e| KafkaSetupError::Topic {
+                    topic: topic.name.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
     /// The cluster, for fault injection in tests.
     pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
         &self.cluster

@@ -248,6 +248,10 @@ impl Router {
 pub fn load_routing_file(path: &std::path::Path) -> Result<RoutingTable, RoutingError> {
     let field = || format!("routing file {}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| routing_error(field(), e.to_string()))?;
+    // An empty file is far more likely a write in progress than a wish for defaults.
+    if text.trim().is_empty() {
+        return Err(routing_error(field(), "the file is empty"));
+    }
     let spec: RoutingSpec =
         crate::config::from_yaml_str(&text).map_err(|e| routing_error(field(), e.to_string()))?;
     if spec.file.is_some() {
@@ -455,6 +459,9 @@ mod tests {
         std::fs::write(&path, "rules:\n  - exact: a\n    topik: typo\n").unwrap();
         let err = load_routing_file(&path).err().unwrap();
         assert!(err.to_string().contains("topik"), "{err}");
+        std::fs::write(&path, "\n").unwrap();
+        let err = load_routing_file(&path).err().unwrap();
+        assert!(err.to_string().contains("empty"), "{err}");
         assert_eq!(router.table().route("a"), topic("second"));
     }
 }

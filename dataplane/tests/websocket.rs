@@ -1,0 +1,206 @@
+//! The WebSocket transport: frame types, pipelining, connection limits, keepalive,
+//! oversized frames.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use prost::Message;
+use tokio_tungstenite::tungstenite;
+use weir_crds::pipeline::DuplicatePolicy;
+use weir_proto::{Code, SendEventResponse};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_and_text_frames_are_answered_in_kind() {
+    let (_kafka, gateway) = start(|_| {}).await;
+    let mut socket = connect(&gateway, &[("X-User-ID", "u1")]).await;
+    ws_send_proto(&mut socket, &request("bin-1", vec![event("click", b"x")])).await;
+    let answer = decode_binary(next_frame(&mut socket).await);
+    assert_eq!(answer.code(), Code::Ok);
+    assert_eq!(answer.data["req_guid"], "bin-1");
+
+    let json = r#"{"req_guid":"txt-1","events":[{"event_bytes":"aGk=","type":"click"}]}"#;
+    socket
+        .send(tungstenite::Message::Text(json.into()))
+        .await
+        .unwrap();
+    match next_frame(&mut socket).await {
+        tungstenite::Message::Text(text) => {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["code"], 1);
+            assert_eq!(v["data"]["req_guid"], "txt-1");
+        }
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+
+    // Garbage in either frame type gets an answer in kind, and the connection lives on.
+    socket
+        .send(tungstenite::Message::Text("{nope".into()))
+        .await
+        .unwrap();
+    let tungstenite::Message::Text(text) = next_frame(&mut socket).await else {
+        panic!("text")
+    };
+    assert!(text.contains("invalid JSON"), "{text}");
+    socket
+        .send(tungstenite::Message::Binary(vec![0x0a, 0xff, 0xff].into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        decode_binary(next_frame(&mut socket).await).code(),
+        Code::BadRequest
+    );
+    ws_send_proto(&mut socket, &request("after", vec![event("click", b"x")])).await;
+    assert_eq!(
+        decode_binary(next_frame(&mut socket).await).code(),
+        Code::Ok
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_all_get_answers() {
+    let (_kafka, gateway) = start(|spec| spec.limits.max_inflight_batches_per_connection = 4).await;
+    let mut socket = connect(&gateway, &[("X-User-ID", "pipeliner")]).await;
+    let n = 50;
+    for i in 0..n {
+        ws_send_proto(
+            &mut socket,
+            &request(&format!("p-{i}"), vec![event("click", b"x"); 10]),
+        )
+        .await;
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..n {
+        let answer = decode_binary(next_frame(&mut socket).await);
+        assert_eq!(answer.code(), Code::Ok);
+        assert!(seen.insert(answer.data["req_guid"].clone()));
+    }
+    assert_eq!(seen.len(), n);
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_and_duplicate_identity_close_with_1008() {
+    let (_kafka, gateway) = start(|spec| spec.websocket.max_connections = 2).await;
+    let _a = connect(&gateway, &[("X-User-ID", "a")]).await;
+
+    // Same id and group: MAX_USER_LIMIT_REACHED, close 1008.
+    let mut dup = connect(&gateway, &[("X-User-ID", "a")]).await;
+    assert_eq!(
+        decode_binary(next_frame(&mut dup).await).code(),
+        Code::MaxUserLimitReached
+    );
+    assert_eq!(close_code(&next_frame(&mut dup).await), Some(1008));
+
+    // Same id, other group: accepted.
+    let _b = connect(&gateway, &[("X-User-ID", "a"), ("X-User-Group", "web")]).await;
+
+    // Over the limit: MAX_CONNECTION_LIMIT_REACHED, close 1008.
+    let mut over = connect(&gateway, &[("X-User-ID", "c")]).await;
+    assert_eq!(
+        decode_binary(next_frame(&mut over).await).code(),
+        Code::MaxConnectionLimitReached
+    );
+    assert_eq!(close_code(&next_frame(&mut over).await), Some(1008));
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_policy_closes_the_older_connection() {
+    let (_kafka, gateway) = start(|spec| spec.identity.duplicates = DuplicatePolicy::Replace).await;
+    let mut old = connect(&gateway, &[("X-User-ID", "a")]).await;
+    let mut new = connect(&gateway, &[("X-User-ID", "a")]).await;
+    assert_eq!(close_code(&next_frame(&mut old).await), Some(1008));
+    ws_send_proto(&mut new, &request("n", vec![event("click", b"x")])).await;
+    assert_eq!(decode_binary(next_frame(&mut new).await).code(), Code::Ok);
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_pings_and_closes_silent_clients() {
+    let (_kafka, gateway) = start(|spec| {
+        spec.websocket.ping_interval = Duration::from_millis(100);
+        spec.websocket.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    // A client that reads (and so answers pings with pongs) stays connected.
+    let mut live = connect(&gateway, &[("X-User-ID", "live")]).await;
+    let mut pings = 0;
+    while pings < 6 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(matches!(frame, tungstenite::Message::Ping(_)), "{frame:?}");
+        pings += 1;
+    }
+    // A client that never reads never answers a ping: closed as idle.
+    let mut silent = connect(&gateway, &[("X-User-ID", "silent")]).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let close = loop {
+        let frame = next_frame(&mut silent).await;
+        if close_code(&frame).is_some() {
+            break frame;
+        }
+    };
+    assert_eq!(close_code(&close), Some(1001));
+    // The reading client is still served.
+    ws_send_proto(&mut live, &request("still", vec![event("click", b"x")])).await;
+    assert_eq!(decode_binary(next_frame(&mut live).await).code(), Code::Ok);
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_closes_with_1009() {
+    let (_kafka, gateway) = start(|spec| spec.limits.max_batch_bytes = 4096).await;
+    let mut socket = connect(&gateway, &[("X-User-ID", "big")]).await;
+    let huge = request("huge", vec![event("click", &vec![b'x'; 100_000])]);
+    let _ = socket
+        .send(tungstenite::Message::Binary(huge.encode_to_vec().into()))
+        .await;
+    let frame = next_frame(&mut socket).await;
+    assert_eq!(close_code(&frame), Some(1009), "{frame:?}");
+    if let tungstenite::Message::Close(Some(f)) = frame {
+        assert!(f.reason.contains("4096"), "{}", f.reason);
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_in_flight_batches_then_closes_1001() {
+    let (kafka, gateway) = start(|_| {}).await;
+    let mut socket = connect(&gateway, &[("X-User-ID", "drain")]).await;
+    // Warm up metadata, then slow the broker so the next batch is in flight at shutdown.
+    ws_send_proto(&mut socket, &request("warm", vec![event("click", b"x")])).await;
+    assert_eq!(
+        decode_binary(next_frame(&mut socket).await).code(),
+        Code::Ok
+    );
+    kafka
+        .cluster()
+        .broker_round_trip_time(1, Duration::from_millis(1500))
+        .unwrap();
+    ws_send_proto(
+        &mut socket,
+        &request("in-flight", vec![event("click", b"y"); 5]),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http_addr = gateway.http_addr;
+    let shutdown = tokio::spawn(gateway.shutdown());
+
+    let answer = decode_binary(next_frame(&mut socket).await);
+    assert_eq!(answer.data["req_guid"], "in-flight");
+    assert_eq!(answer.code(), Code::Ok, "{}", answer.reason);
+    assert_eq!(close_code(&next_frame(&mut socket).await), Some(1001));
+    shutdown.await.unwrap();
+    // The listener is gone: new connections are refused.
+    let refused = tokio_tungstenite::connect_async(format!("ws://{http_addr}/api/v1/events")).await;
+    assert!(refused.is_err());
+    let _ = SendEventResponse::default();
+}
