@@ -130,10 +130,19 @@ pub async fn ensure_topics(spec: &KafkaSpec, topics: &[TopicSpec]) -> Result<(),
         }
     }
     if !grow.is_empty() {
+        let names = || {
+            grow.iter()
+                .map(|g| g.topic_name)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         for result in admin
             .create_partitions(&grow, &options)
             .await
-            .map_err(KafkaSetupError::Client)?
+            .map_err(|e| KafkaSetupError::Topic {
+                topic: names(),
+                message: format!("cannot add partitions: {e}"),
+            })?
         {
             if let Err((topic, code)) = result {
                 return Err(KafkaSetupError::Topic {

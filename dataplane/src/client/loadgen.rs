@@ -208,9 +208,8 @@ async fn drive(
         let may_send = sending && outstanding.len() < options.pipeline;
         tokio::select! {
             _ = async {
-                match &mut ticker {
-                    Some(t) => { t.tick().await; }
-                    None => {}
+                if let Some(t) = &mut ticker {
+                    t.tick().await;
                 }
             }, if may_send => {
                 sequence += 1;
