@@ -75,7 +75,7 @@ pub async fn run(options: LoadgenOptions) -> anyhow::Result<()> {
         ));
     }
     let mut total = ConnectionReport {
-        latency_us: Some(Histogram::new(3)?),
+        latency_us: Some(Histogram::new_with_bounds(1, 600_000_000, 3)?),
         ..Default::default()
     };
     let mut errors = 0;
@@ -184,7 +184,7 @@ async fn drive(
         events: batch_events(options, n),
     };
     let mut report = ConnectionReport {
-        latency_us: Some(Histogram::new(3)?),
+        latency_us: Some(Histogram::new_with_bounds(1, 600_000_000, 3)?),
         ..Default::default()
     };
     let mut outstanding: HashMap<String, Instant> = HashMap::new();

@@ -194,6 +194,11 @@ async fn upgrade(
     upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
+        // tungstenite allocates 128 KiB for each of these up front; idle connections
+        // would cost ~130 KiB each. The read buffer grows for large messages, and
+        // writes go out one answer at a time anyway.
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
@@ -204,6 +209,9 @@ async fn upgrade(
             })
         })
 }
+
+/// Initial WebSocket read buffer per connection.
+const WS_READ_BUFFER: usize = 4096;
 
 /// How long a refused socket may take to receive its refusal.
 pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::IntCounter;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -59,6 +60,7 @@ pub struct BatchState {
     outstanding: AtomicUsize,
     failures: Mutex<Vec<EventResult>>,
     done: Notify,
+    enqueued: Instant,
 }
 
 impl BatchState {
@@ -67,6 +69,7 @@ impl BatchState {
             outstanding: AtomicUsize::new(events),
             failures: Mutex::new(Vec::new()),
             done: Notify::new(),
+            enqueued: Instant::now(),
         })
     }
 
@@ -87,12 +90,42 @@ impl BatchState {
     }
 }
 
+/// The metrics of one (event type, topic), resolved once for a run of events rather
+/// than looked up by label on every delivery report.
+pub struct DeliveryCounters {
+    event_type: String,
+    topic: String,
+    published: IntCounter,
+    bytes: IntCounter,
+}
+
+impl DeliveryCounters {
+    fn new(metrics: &Metrics, event_type: &str, topic: &str) -> Arc<Self> {
+        let labels = [
+            metrics.event_types.get(event_type),
+            metrics.topics.get(topic),
+        ];
+        Arc::new(Self {
+            event_type: labels[0].to_string(),
+            topic: labels[1].to_string(),
+            published: metrics.events_published.with_label_values(&labels),
+            bytes: metrics.bytes_published.with_label_values(&labels),
+        })
+    }
+
+    fn failed(&self, metrics: &Metrics, code: Code) {
+        metrics
+            .events_failed
+            .with_label_values(&[&self.event_type, &self.topic, code.as_str_name()])
+            .inc();
+    }
+}
+
 /// What travels with each record to its delivery report.
 pub struct Pending {
     batch: Arc<BatchState>,
     index: u32,
-    enqueued: Instant,
-    event_type: Arc<str>,
+    counters: Arc<DeliveryCounters>,
     topic: Arc<str>,
     payload_len: usize,
 }
@@ -110,25 +143,15 @@ impl ProducerContext for DeliveryReports {
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
         self.metrics
             .delivery_latency
-            .observe(pending.enqueued.elapsed().as_secs_f64());
-        let labels = [&*pending.event_type, &*pending.topic];
+            .observe(pending.batch.enqueued.elapsed().as_secs_f64());
         match result {
             Ok(_) => {
-                self.metrics
-                    .events_published
-                    .with_label_values(&labels)
-                    .inc();
-                self.metrics
-                    .bytes_published
-                    .with_label_values(&labels)
-                    .inc_by(pending.payload_len as u64);
+                pending.counters.published.inc();
+                pending.counters.bytes.inc_by(pending.payload_len as u64);
             }
             Err((error, _)) => {
                 let (code, reason) = ack::kafka_failure(error, &pending.topic);
-                self.metrics
-                    .events_failed
-                    .with_label_values(&[labels[0], labels[1], code.as_str_name()])
-                    .inc();
+                pending.counters.failed(&self.metrics, code);
                 tracing::warn!(topic = %pending.topic, %error, "Kafka delivery failed");
                 pending.batch.fail(EventResult {
                     index: pending.index,
@@ -223,8 +246,10 @@ impl Publisher {
         let mut aborted: Option<(Code, String)> = None;
         let mut settled_here = 0;
         let mut indices = Vec::with_capacity(outgoing.len());
-        // Metric label values, reused while consecutive events share type and topic.
-        let mut labels: Option<(&str, &str, Arc<str>, Arc<str>)> = None;
+        // Metrics and topic name per (type, topic) of this batch. Batches carry few
+        // types, so a short list beats hashing; past the cap, resolve each time.
+        const RESOLVED_CAP: usize = 32;
+        let mut resolved: Vec<(&str, &str, Arc<DeliveryCounters>, Arc<str>)> = Vec::new();
         for event in outgoing {
             indices.push(event.index as u32);
             if let Some((code, reason)) = &aborted {
@@ -232,15 +257,24 @@ impl Publisher {
                 settled_here += 1;
                 continue;
             }
-            let (event_type, topic) = match &labels {
-                Some((t, to, et, tp)) if *t == event.event_type && *to == event.topic => {
-                    (et.clone(), tp.clone())
-                }
-                _ => {
-                    let et: Arc<str> = self.metrics.event_types.get(event.event_type).into();
-                    let tp: Arc<str> = self.metrics.topics.get(event.topic).into();
-                    labels = Some((event.event_type, event.topic, et.clone(), tp.clone()));
-                    (et, tp)
+            let known = resolved
+                .iter()
+                .find(|(t, to, _, _)| *t == event.event_type && *to == event.topic);
+            let (counters, topic) = match known {
+                Some((_, _, counters, topic)) => (counters.clone(), topic.clone()),
+                None => {
+                    let counters =
+                        DeliveryCounters::new(&self.metrics, event.event_type, event.topic);
+                    let topic: Arc<str> = event.topic.into();
+                    if resolved.len() < RESOLVED_CAP {
+                        resolved.push((
+                            event.event_type,
+                            event.topic,
+                            counters.clone(),
+                            topic.clone(),
+                        ));
+                    }
+                    (counters, topic)
                 }
             };
             let mut headers = OwnedHeaders::new_with_capacity(6)
@@ -275,8 +309,7 @@ impl Publisher {
             let pending = Box::new(Pending {
                 batch: state.clone(),
                 index: event.index as u32,
-                enqueued: Instant::now(),
-                event_type,
+                counters,
                 topic,
                 payload_len: event.payload.len(),
             });
@@ -288,11 +321,7 @@ impl Publisher {
             }
             if let Err((error, record)) = self.producer.send(record) {
                 let (code, reason) = ack::kafka_failure(&error, event.topic);
-                let pending = record.delivery_opaque;
-                self.metrics
-                    .events_failed
-                    .with_label_values(&[&*pending.event_type, &*pending.topic, code.as_str_name()])
-                    .inc();
+                record.delivery_opaque.counters.failed(&self.metrics, code);
                 state.fail(ack::event_failure(event.index, code, reason.clone()));
                 settled_here += 1;
                 aborted = Some((
