@@ -356,3 +356,15 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/weir.yaml"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn shipped_example_pipeline_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pipeline.yaml");
+        let spec = super::load_pipeline(Some(&path), []).expect("examples/pipeline.yaml is valid");
+        assert_eq!(spec.topics.len(), 3);
+        assert_eq!(spec.kafka.properties["linger.ms"], "5");
+    }
+}

@@ -1,0 +1,45 @@
+//! Every configuration field has a line in the README's configuration reference.
+
+use schemars::schema_for;
+use serde_json::Value;
+use weir_crds::PipelineSpec;
+
+fn collect(schema: &Value, defs: &Value, prefix: &str, out: &mut Vec<String>) {
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => &defs[r.trim_start_matches("#/$defs/")],
+        None => schema,
+    };
+    if let Some(items) = schema.get("items") {
+        return collect(items, defs, &format!("{prefix}[]"), out);
+    }
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    for (name, property) in properties {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        out.push(path.clone());
+        collect(property, defs, &path, out);
+    }
+}
+
+#[test]
+fn every_field_is_in_the_readme() {
+    let schema = serde_json::to_value(schema_for!(PipelineSpec)).unwrap();
+    let mut fields = Vec::new();
+    collect(&schema, &schema["$defs"], "", &mut fields);
+    assert!(fields.len() > 30, "{fields:?}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let missing: Vec<&String> = fields
+        .iter()
+        .filter(|f| !readme.contains(&format!("| `{f}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md lacks reference lines for {missing:?}"
+    );
+}
