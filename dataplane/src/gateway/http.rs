@@ -122,13 +122,22 @@ async fn post_events(
             let status = ack::http_status(response.code());
             reply(status, &response, encoding)
         }
-        Err(rejection) => {
-            shared
-                .ingestor
-                .answered(Transport::Http, rejection.code(), received);
-            reply(rejection.http_status(), &rejection.response(""), fallback)
-        }
+        Err(rejection) => refuse(&shared, Transport::Http, &rejection, received, fallback),
     }
+}
+
+/// Answers a request refused before it became a batch, and counts it.
+fn refuse(
+    shared: &Shared,
+    transport: Transport,
+    rejection: &Rejection,
+    received: Instant,
+    encoding: Encoding,
+) -> Response {
+    shared
+        .ingestor
+        .answered(transport, rejection.code(), received);
+    reply(rejection.http_status(), &rejection.response(""), encoding)
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Rejection> {
@@ -165,24 +174,23 @@ async fn upgrade(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let received = Instant::now();
-    if shared.shutdown.is_cancelled() {
-        let rejection = Rejection::Unavailable("the gateway is shutting down".into());
-        return reply(
-            rejection.http_status(),
-            &rejection.response(""),
-            Encoding::Json(Dialect::Raccoon),
-        );
-    }
-    let identity = match authenticate(&shared, &headers) {
+    let admitted = if shared.shutdown.is_cancelled() {
+        Err(Rejection::Unavailable(
+            "the gateway is shutting down".into(),
+        ))
+    } else {
+        authenticate(&shared, &headers)
+    };
+    let identity = match admitted {
         Ok(identity) => identity,
         Err(rejection) => {
-            shared
-                .ingestor
-                .answered(Transport::WebSocket, rejection.code(), received);
-            return reply(
-                rejection.http_status(),
-                &rejection.response(""),
-                Encoding::Json(Dialect::Raccoon),
+            let encoding = Encoding::Json(Dialect::Raccoon);
+            return refuse(
+                &shared,
+                Transport::WebSocket,
+                &rejection,
+                received,
+                encoding,
             );
         }
     };

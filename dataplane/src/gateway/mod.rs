@@ -82,6 +82,23 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
+/// Serves an axum app until `stop`, letting requests in progress finish.
+fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+    what: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "{what} server failed");
+        }
+    })
+}
+
 impl Gateway {
     /// Starts the gateway on a validated spec. Returns once every port is listening.
     pub async fn start(spec: PipelineSpec) -> anyhow::Result<Self> {
@@ -128,16 +145,12 @@ impl Gateway {
         let metrics_addr = metrics_listener.local_addr()?;
         let background = CancellationToken::new();
 
-        let stop = shared.shutdown.clone();
-        let app = http::routes(shared.clone());
-        let http_server = tokio::spawn(async move {
-            let served = axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "HTTP server failed");
-            }
-        });
+        let http_server = serve_http(
+            http_listener,
+            http::routes(shared.clone()),
+            shared.shutdown.clone(),
+            "HTTP",
+        );
 
         let stop = shared.shutdown.clone();
         let (raccoon, weir) = grpc::services(shared.clone());
@@ -156,16 +169,13 @@ impl Gateway {
             }
         });
 
-        let stop = background.clone();
-        let ops_app = ops::routes(shared.clone());
-        let ops_server = tokio::spawn(async move {
-            let served = axum::serve(metrics_listener, ops_app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "metrics server failed");
-            }
-        });
+        // The metrics port outlives the drain, so readiness can say "draining".
+        let ops_server = serve_http(
+            metrics_listener,
+            ops::routes(shared.clone()),
+            background.clone(),
+            "metrics",
+        );
 
         tokio::spawn(ops::watch_kafka(
             publisher.clone(),
