@@ -262,6 +262,11 @@ pub struct LimitsSpec {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub admission_timeout: Duration,
+    /// Longest time to receive one HTTP request body (or gRPC request); a client that
+    /// sends slower gets BAD_REQUEST (HTTP 408) instead of holding a connection forever.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub read_timeout: Duration,
 }
 
 impl Default for LimitsSpec {
@@ -272,6 +277,7 @@ impl Default for LimitsSpec {
             max_inflight_bytes: 256 * 1024 * 1024,
             max_inflight_batches_per_connection: 64,
             admission_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(30),
         }
     }
 }

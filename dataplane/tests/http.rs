@@ -342,3 +342,27 @@ async fn metrics_and_health() {
     assert!(ready, "ready once Kafka metadata is reachable");
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_time_out_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_kafka, gateway) =
+        start(|spec| spec.limits.read_timeout = Duration::from_millis(300)).await;
+    let mut socket = tokio::net::TcpStream::connect(gateway.http_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/events HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"events\":",
+        gateway.http_addr
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .expect("answered, not left hanging")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("did not arrive within"), "{text}");
+    gateway.shutdown().await;
+}

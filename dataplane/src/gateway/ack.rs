@@ -23,6 +23,9 @@ pub enum Rejection {
         "unsupported content type {0:?}: use application/proto, application/x-protobuf or application/json"
     )]
     UnsupportedMediaType(String),
+    /// The request body did not arrive within `limits.readTimeout`.
+    #[error("the request body did not arrive within {0:?}")]
+    ReadTimeout(std::time::Duration),
     /// Authentication failed.
     #[error("{0}")]
     Unauthorized(String),
@@ -50,7 +53,9 @@ impl Rejection {
     /// The wire code for this rejection.
     pub fn code(&self) -> Code {
         match self {
-            Rejection::BadRequest(_) | Rejection::UnsupportedMediaType(_) => Code::BadRequest,
+            Rejection::BadRequest(_)
+            | Rejection::UnsupportedMediaType(_)
+            | Rejection::ReadTimeout(_) => Code::BadRequest,
             Rejection::Unauthorized(_) => Code::Unauthorized,
             Rejection::TooLarge { .. } => Code::PayloadTooLarge,
             Rejection::Overloaded(_) => Code::RateLimited,
@@ -65,6 +70,7 @@ impl Rejection {
     pub fn http_status(&self) -> StatusCode {
         match self {
             Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             other => http_status(other.code()),
         }
     }

@@ -106,7 +106,10 @@ async fn post_events(
         let identity = authenticate(&shared, &headers)?;
         let kind = kind?;
         let limit = shared.spec.limits.max_batch_bytes;
-        let body = read_body(body, limit).await?;
+        let read_timeout = shared.spec.limits.read_timeout;
+        let body = tokio::time::timeout(read_timeout, read_body(body, limit))
+            .await
+            .map_err(|_| Rejection::ReadTimeout(read_timeout))??;
         let wire_bytes = body.len();
         let (request, encoding) =
             decode::decode_request(kind, body, shared.spec.limits.max_events_per_batch)?;

@@ -47,7 +47,7 @@ impl Transport {
 
 /// Extra time past Kafka's own delivery timeout before a batch stops waiting: librdkafka
 /// reports every event by then, so this only guards against a lost report.
-const DELIVERY_GRACE: Duration = Duration::from_secs(5);
+pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 
 /// Processes batches; shared by every transport.
 pub struct Ingestor {

@@ -154,8 +154,14 @@ impl Gateway {
 
         let stop = shared.shutdown.clone();
         let (raccoon, weir) = grpc::services(shared.clone());
+        // A call may take the read time plus the whole wait for Kafka, and no longer.
+        let call_timeout = shared.spec.limits.read_timeout
+            + shared.spec.limits.admission_timeout
+            + shared.spec.kafka.delivery_timeout
+            + ingest::DELIVERY_GRACE;
         let grpc_server = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
+                .timeout(call_timeout)
                 .add_service(raccoon)
                 .add_service(weir)
                 .serve_with_incoming_shutdown(
