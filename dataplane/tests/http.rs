@@ -366,3 +366,29 @@ async fn slow_bodies_time_out_with_408() {
     assert!(text.contains("did not arrive within"), "{text}");
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_while_kafka_is_unreachable() {
+    // Port 1 on loopback: nothing listens there.
+    let gateway = weir::gateway::Gateway::start(spec("127.0.0.1:1"))
+        .await
+        .unwrap();
+    let mut reason = String::new();
+    for _ in 0..150 {
+        let r = reqwest::get(format!("http://{}/readyz", gateway.metrics_addr))
+            .await
+            .unwrap();
+        assert_ne!(r.status().as_u16(), 200, "never ready without Kafka");
+        reason = r.text().await.unwrap();
+        if reason.contains("Kafka metadata unreachable") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reason.contains("Kafka metadata unreachable"), "{reason}");
+    let healthz = reqwest::get(format!("http://{}/healthz", gateway.metrics_addr))
+        .await
+        .unwrap();
+    assert_eq!(healthz.status().as_u16(), 200, "alive all the same");
+    gateway.shutdown().await;
+}
