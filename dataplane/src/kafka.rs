@@ -43,8 +43,10 @@ pub fn producer_config(spec: &KafkaSpec) -> ClientConfig {
         // Small batches of many connections add up: a short linger fills requests
         // without adding visible latency.
         .set("linger.ms", "5")
+        // With sync acks admission bounds the queue; with async acks this does, and a
+        // full queue answers RATE_LIMITED rather than growing.
         .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
+        .set("queue.buffering.max.kbytes", "262144")
         .set("batch.num.messages", "10000");
     for (key, value) in &spec.properties {
         config.set(key, value);
