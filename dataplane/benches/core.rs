@@ -32,33 +32,21 @@ fn core(c: &mut Criterion) {
     let table = route::RoutingTable::compile(&RoutingSpec::default()).unwrap();
     let mut group = c.benchmark_group("batch_of_100_events_of_200_bytes");
     group.throughput(Throughput::Elements(100));
+    let pass = |kind, body: &Bytes| {
+        let (req, enc) = decode::decode_request(kind, body.clone(), 10_000).unwrap();
+        let routed = req
+            .events
+            .iter()
+            .filter(|e| matches!(table.route(&e.r#type), route::Route::Topic(_)))
+            .count();
+        let answer = ack::batch_response(&req.req_guid, routed, Vec::new());
+        decode::encode_response(&answer, enc)
+    };
     group.bench_function("protobuf_decode_route_answer", |b| {
-        b.iter(|| {
-            let (req, enc) =
-                decode::decode_request(decode::ContentKind::Protobuf, proto.clone(), 10_000)
-                    .unwrap();
-            let routed = req
-                .events
-                .iter()
-                .filter(|e| matches!(table.route(&e.r#type), route::Route::Topic(_)))
-                .count();
-            let answer = ack::batch_response(&req.req_guid, routed, Vec::new());
-            decode::encode_response(&answer, enc)
-        })
+        b.iter(|| pass(decode::ContentKind::Protobuf, &proto))
     });
     group.bench_function("json_decode_route_answer", |b| {
-        b.iter(|| {
-            let (req, enc) =
-                decode::decode_request(decode::ContentKind::Json, json_body.clone(), 10_000)
-                    .unwrap();
-            let routed = req
-                .events
-                .iter()
-                .filter(|e| matches!(table.route(&e.r#type), route::Route::Topic(_)))
-                .count();
-            let answer = ack::batch_response(&req.req_guid, routed, Vec::new());
-            decode::encode_response(&answer, enc)
-        })
+        b.iter(|| pass(decode::ContentKind::Json, &json_body))
     });
     group.finish();
 }
