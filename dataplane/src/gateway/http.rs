@@ -6,7 +6,7 @@
 //! use the request's encoding and carry `Retry-After` when retrying helps.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -223,6 +223,3 @@ async fn upgrade(
 
 /// Initial WebSocket read buffer per connection.
 const WS_READ_BUFFER: usize = 4096;
-
-/// How long a refused socket may take to receive its refusal.
-pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -93,8 +93,10 @@ impl BatchState {
 /// The metrics of one (event type, topic), resolved once for a run of events rather
 /// than looked up by label on every delivery report.
 pub struct DeliveryCounters {
-    event_type: String,
+    /// The real topic name, for failure reasons (the label may be `__other__`).
     topic: String,
+    event_type_label: String,
+    topic_label: String,
     published: IntCounter,
     bytes: IntCounter,
 }
@@ -106,8 +108,9 @@ impl DeliveryCounters {
             metrics.topics.get(topic),
         ];
         Arc::new(Self {
-            event_type: labels[0].to_string(),
-            topic: labels[1].to_string(),
+            topic: topic.to_string(),
+            event_type_label: labels[0].to_string(),
+            topic_label: labels[1].to_string(),
             published: metrics.events_published.with_label_values(&labels),
             bytes: metrics.bytes_published.with_label_values(&labels),
         })
@@ -116,7 +119,11 @@ impl DeliveryCounters {
     fn failed(&self, metrics: &Metrics, code: Code) {
         metrics
             .events_failed
-            .with_label_values(&[&self.event_type, &self.topic, code.as_str_name()])
+            .with_label_values(&[
+                &self.event_type_label,
+                &self.topic_label,
+                code.as_str_name(),
+            ])
             .inc();
     }
 }
@@ -126,7 +133,6 @@ pub struct Pending {
     batch: Arc<BatchState>,
     index: u32,
     counters: Arc<DeliveryCounters>,
-    topic: Arc<str>,
     payload_len: usize,
 }
 
@@ -150,9 +156,9 @@ impl ProducerContext for DeliveryReports {
                 pending.counters.bytes.inc_by(pending.payload_len as u64);
             }
             Err((error, _)) => {
-                let (code, reason) = ack::kafka_failure(error, &pending.topic);
+                let (code, reason) = ack::kafka_failure(error, &pending.counters.topic);
                 pending.counters.failed(&self.metrics, code);
-                tracing::warn!(topic = %pending.topic, %error, "Kafka delivery failed");
+                tracing::warn!(topic = %pending.counters.topic, %error, "Kafka delivery failed");
                 pending.batch.fail(EventResult {
                     index: pending.index,
                     code: code as i32,
@@ -246,10 +252,10 @@ impl Publisher {
         let mut aborted: Option<(Code, String)> = None;
         let mut settled_here = 0;
         let mut indices = Vec::with_capacity(outgoing.len());
-        // Metrics and topic name per (type, topic) of this batch. Batches carry few
-        // types, so a short list beats hashing; past the cap, resolve each time.
+        // Counters per (type, topic) of this batch. Batches carry few types, so a short
+        // list beats hashing; past the cap, resolve each time.
         const RESOLVED_CAP: usize = 32;
-        let mut resolved: Vec<(&str, &str, Arc<DeliveryCounters>, Arc<str>)> = Vec::new();
+        let mut resolved: Vec<(&str, &str, Arc<DeliveryCounters>)> = Vec::new();
         for event in outgoing {
             indices.push(event.index as u32);
             if let Some((code, reason)) = &aborted {
@@ -259,22 +265,16 @@ impl Publisher {
             }
             let known = resolved
                 .iter()
-                .find(|(t, to, _, _)| *t == event.event_type && *to == event.topic);
-            let (counters, topic) = match known {
-                Some((_, _, counters, topic)) => (counters.clone(), topic.clone()),
+                .find(|(t, to, _)| *t == event.event_type && *to == event.topic);
+            let counters = match known {
+                Some((_, _, counters)) => counters.clone(),
                 None => {
                     let counters =
                         DeliveryCounters::new(&self.metrics, event.event_type, event.topic);
-                    let topic: Arc<str> = event.topic.into();
                     if resolved.len() < RESOLVED_CAP {
-                        resolved.push((
-                            event.event_type,
-                            event.topic,
-                            counters.clone(),
-                            topic.clone(),
-                        ));
+                        resolved.push((event.event_type, event.topic, counters.clone()));
                     }
-                    (counters, topic)
+                    counters
                 }
             };
             let mut headers = OwnedHeaders::new_with_capacity(6)
@@ -310,7 +310,6 @@ impl Publisher {
                 batch: state.clone(),
                 index: event.index as u32,
                 counters,
-                topic,
                 payload_len: event.payload.len(),
             });
             let mut record = BaseRecord::with_opaque_to(event.topic, pending)

@@ -11,7 +11,7 @@
 //!   reading, answers every batch it accepted, then sends a close frame.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use bytes::Bytes;
@@ -26,6 +26,9 @@ use super::identity::{ConnectionGuard, Identity};
 use super::ingest::Transport;
 use super::json::Dialect;
 
+/// How long a refused socket may take to receive its refusal.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Refuses an upgraded socket: the answer with the code, then close 1008, as Raccoon does.
 pub async fn refuse(mut socket: WebSocket, rejection: &Rejection) {
     let body = decode::encode_response(&rejection.response(""), Encoding::Protobuf);
@@ -38,7 +41,7 @@ pub async fn refuse(mut socket: WebSocket, rejection: &Rejection) {
             })))
             .await
     };
-    let _ = tokio::time::timeout(super::http::REFUSAL_TIMEOUT, refusal).await;
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusal).await;
 }
 
 /// Why a session ends.
