@@ -5,9 +5,15 @@
 //! settings under `spec.workload`), and `weir dev` / `weir gateway` read the same YAML.
 
 pub mod pipeline;
+pub mod sink;
 
 pub use pipeline::PipelineSpec;
+pub use sink::SinkSpec;
 
 /// The key under an IngestPipeline's `spec` that only the operator reads (image,
 /// replicas, resources, service). The data plane ignores it.
 pub const WORKLOAD_KEY: &str = "workload";
+
+/// The key under a SinkBinding's `spec` naming its IngestPipeline; only the operator
+/// reads it.
+pub const PIPELINE_REF_KEY: &str = "pipelineRef";

@@ -1,8 +1,8 @@
 //! Configuration: one YAML file plus environment overrides, validated once at start.
 //!
-//! The file is either a bare [`PipelineSpec`] or a Kubernetes manifest of kind
-//! `IngestPipeline`, whose `spec` is used (minus `spec.workload`, which only the
-//! operator reads). Environment variables named `WEIR__<PATH>` override single fields:
+//! The file is either a bare spec ([`PipelineSpec`] for the gateway, [`SinkSpec`] for the
+//! sink) or a Kubernetes manifest of kind `IngestPipeline` / `SinkBinding`, whose `spec`
+//! is used (minus `workload` and `pipelineRef`, which only the operator reads). Environment variables named `WEIR__<PATH>` override single fields:
 //! `__` separates levels and snake_case segments become camelCase, so
 //! `WEIR__KAFKA__BOOTSTRAP_SERVERS=broker:9092` sets `kafka.bootstrapServers`. A segment
 //! containing a `.` is kept verbatim (`WEIR__KAFKA__PROPERTIES__linger.ms=5`). Values are
@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
-use weir_crds::PipelineSpec;
+use weir_crds::{PipelineSpec, SinkSpec};
 
 /// The prefix of override variables.
 pub const ENV_PREFIX: &str = "WEIR__";
@@ -69,6 +69,30 @@ pub fn load_pipeline(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<PipelineSpec, ConfigError> {
+    let value = load_value(path, env, "IngestPipeline")?;
+    let spec: PipelineSpec = from_value(value)?;
+    validate(&spec)?;
+    Ok(spec)
+}
+
+/// Loads the sink spec from an optional file and the given environment.
+pub fn load_sink(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<SinkSpec, ConfigError> {
+    let value = load_value(path, env, "SinkBinding")?;
+    let spec: SinkSpec = from_value(value)?;
+    crate::sink::config::validate(&spec)?;
+    Ok(spec)
+}
+
+/// The spec as YAML: the file's (bare or from a manifest of `kind`) with the
+/// environment's overrides applied.
+fn load_value(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    kind: &str,
+) -> Result<Value, ConfigError> {
     let mut value = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -77,18 +101,17 @@ pub fn load_pipeline(
             })?;
             let value: Value = serde_yaml::from_str(&text)
                 .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
-            pipeline_spec_of(value)?
+            spec_of(value, kind)?
         }
         None => Value::Mapping(Mapping::new()),
     };
     apply_env_overrides(&mut value, env);
-    let spec: PipelineSpec = from_value(value)?;
-    validate(&spec)?;
-    Ok(spec)
+    Ok(value)
 }
 
-/// The spec part of a manifest, or the document itself when it is a bare spec.
-fn pipeline_spec_of(value: Value) -> Result<Value, ConfigError> {
+/// The spec part of a manifest of `kind`, or the document itself when it is a bare
+/// spec. Keys only the operator reads are removed.
+fn spec_of(value: Value, kind: &str) -> Result<Value, ConfigError> {
     let Value::Mapping(mut doc) = value else {
         return if value.is_null() {
             Ok(Value::Mapping(Mapping::new()))
@@ -98,18 +121,19 @@ fn pipeline_spec_of(value: Value) -> Result<Value, ConfigError> {
             ))
         };
     };
-    let Some(kind) = doc.get("kind").cloned() else {
+    let Some(found) = doc.get("kind").cloned() else {
         return Ok(Value::Mapping(doc));
     };
-    if kind.as_str() != Some("IngestPipeline") {
+    if found.as_str() != Some(kind) {
         return Err(ConfigError::Invalid {
             field: "kind".into(),
-            message: format!("expected IngestPipeline, found {kind:?}"),
+            message: format!("expected {kind}, found {found:?}"),
         });
     }
     let mut spec = doc.remove("spec").unwrap_or(Value::Mapping(Mapping::new()));
     if let Value::Mapping(map) = &mut spec {
         map.remove(weir_crds::WORKLOAD_KEY);
+        map.remove(weir_crds::PIPELINE_REF_KEY);
     }
     Ok(spec)
 }
@@ -159,7 +183,7 @@ fn set_path(node: &mut Value, segments: &[String], leaf: Value) {
     set_path(child, rest, leaf);
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),

@@ -1,15 +1,22 @@
-//! `weir dev`: the gateway on an in-process Kafka, with nothing installed.
+//! `weir dev`: the gateway and the sink on an in-process Kafka, writing files to a
+//! local directory, with nothing installed.
 //!
 //! Reads the same pipeline YAML as a cluster deployment (bare spec or IngestPipeline
-//! manifest); only the Kafka address and the listen addresses are replaced.
+//! manifest), and optionally a sink YAML (bare spec or SinkBinding manifest); only the
+//! Kafka address, the listen addresses and the sink's directory are replaced. Without
+//! a sink file the sink reads every topic and flushes every 10 seconds, so files appear
+//! soon after events are sent.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::config;
 use crate::gateway::Gateway;
 use crate::kafka::EmbeddedKafka;
+use crate::sink::Sink;
+use weir_crds::SinkSpec;
 
 /// Options of `weir dev`.
 #[derive(Clone, Debug, clap::Args)]
@@ -29,6 +36,41 @@ pub struct DevOptions {
     /// Brokers in the embedded Kafka cluster.
     #[arg(long, default_value_t = 1)]
     pub brokers: i32,
+    /// Sink YAML: a bare spec or a SinkBinding manifest. Default: every topic, Parquet,
+    /// flushed every 10 s.
+    #[arg(long)]
+    pub sink_config: Option<PathBuf>,
+    /// Directory the sink writes files to.
+    #[arg(long, default_value = "./weir-data")]
+    pub data_dir: String,
+    /// Sink metrics and health address.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub sink_metrics: String,
+    /// Run the gateway only.
+    #[arg(long)]
+    pub no_sink: bool,
+}
+
+/// The sink spec of `weir dev`.
+fn dev_sink_spec(options: &DevOptions, bootstrap: String) -> anyhow::Result<SinkSpec> {
+    let mut spec = match &options.sink_config {
+        Some(path) => config::load_sink(Some(path), std::env::vars())?,
+        None => {
+            let mut spec = SinkSpec::default();
+            spec.source.topic_pattern = Some("^[^_].*".into());
+            spec.flush.max_age = Duration::from_secs(10);
+            spec
+        }
+    };
+    spec.kafka.bootstrap_servers = bootstrap;
+    // Pick up topics the gateway creates within seconds.
+    spec.kafka
+        .properties
+        .entry("topic.metadata.refresh.interval.ms".into())
+        .or_insert_with(|| "2000".into());
+    spec.storage.url = options.data_dir.clone();
+    spec.listen.metrics = options.sink_metrics.clone();
+    Ok(spec)
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -37,11 +79,17 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let embedded =
         EmbeddedKafka::start(options.brokers).context("cannot start the embedded Kafka")?;
     spec.kafka.bootstrap_servers = embedded.bootstrap_servers();
-    spec.listen.http = options.http;
-    spec.listen.grpc = options.grpc;
-    spec.listen.metrics = options.metrics;
+    spec.listen.http = options.http.clone();
+    spec.listen.grpc = options.grpc.clone();
+    spec.listen.metrics = options.metrics.clone();
     embedded.create_topics(&spec.topics)?;
     let gateway = Gateway::start(spec).await?;
+    let sink = if options.no_sink {
+        None
+    } else {
+        let spec = dev_sink_spec(&options, embedded.bootstrap_servers())?;
+        Some(Sink::start(spec).await.context("cannot start the sink")?)
+    };
     println!("Weir dev is running. Ctrl-C stops it.");
     println!(
         "  HTTP      POST http://{}/api/v1/events",
@@ -55,12 +103,25 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         embedded.bootstrap_servers(),
         embedded.bootstrap_servers()
     );
+    if let Some(sink) = &sink {
+        println!(
+            "  files     {} (Parquet; sink metrics http://{}/metrics)",
+            options.data_dir, sink.metrics_addr
+        );
+    }
     println!(
         "Try: weir send --url http://{} --type page_view --json '{{\"page\":\"/home\"}}'",
         gateway.http_addr
     );
     crate::telemetry::shutdown_signal().await;
     gateway.shutdown().await;
+    if let Some(sink) = sink {
+        let report = sink.shutdown().await?;
+        println!(
+            "sink: {} records written to {}",
+            report.records_written, options.data_dir
+        );
+    }
     drop(embedded);
     Ok(())
 }

@@ -2,6 +2,8 @@
 //!
 //! - [`gateway`]: takes event batches over WebSocket, HTTP and gRPC, routes each event
 //!   to a Kafka topic and acknowledges the batch once Kafka has it.
+//! - [`sink`]: consumes the gateway's topics and writes them as Parquet or JSON-lines
+//!   files to an object store, each record exactly once.
 //! - [`config`]: the YAML + environment configuration, validated once.
 //! - [`kafka`]: producer settings, topic creation and the embedded mock cluster.
 //! - [`record`]: the record headers the gateway writes for downstream consumers.
@@ -14,4 +16,5 @@ pub mod dev;
 pub mod gateway;
 pub mod kafka;
 pub mod record;
+pub mod sink;
 pub mod telemetry;

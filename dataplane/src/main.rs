@@ -42,7 +42,19 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
-    /// Run the gateway on an embedded Kafka: nothing to install.
+    /// Write Kafka topics to Parquet or JSON-lines files in an object store.
+    Sink {
+        /// Sink YAML: a bare spec or a SinkBinding manifest.
+        #[arg(short = 'f', long = "config", env = "WEIR_CONFIG")]
+        config: Option<PathBuf>,
+        /// Drain the topics up to their current end and exit (overrides `mode`).
+        #[arg(long)]
+        batch: bool,
+        /// Print the effective configuration (defaults filled in) and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Run the gateway and the sink on an embedded Kafka: nothing to install.
     Dev(weir::dev::DevOptions),
     /// Send events to a gateway.
     Send(weir::client::send::SendOptions),
@@ -87,6 +99,35 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let gateway = weir::gateway::Gateway::start(spec).await?;
             telemetry::shutdown_signal().await;
             gateway.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sink {
+            config,
+            batch,
+            print_config,
+        } => {
+            let mut spec = weir::config::load_sink(config.as_deref(), std::env::vars())?;
+            if batch {
+                spec.mode = weir_crds::sink::SinkMode::Batch;
+            }
+            if print_config {
+                print!("{}", serde_yaml::to_string(&spec)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut sink = weir::sink::Sink::start(spec).await?;
+            tracing::info!(metrics = %sink.metrics_addr, "sink running");
+            let report = tokio::select! {
+                _ = telemetry::shutdown_signal() => None,
+                report = sink.wait() => Some(report),
+            };
+            let report = match report {
+                Some(report) => report?,
+                None => sink.shutdown().await?,
+            };
+            eprintln!(
+                "sink stopped: {} records written, {} dead-lettered, {} ranges flushed",
+                report.records_written, report.dead_letters, report.flushes
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev(options) => weir::dev::run(options).await.map(|()| ExitCode::SUCCESS),

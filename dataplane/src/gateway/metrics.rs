@@ -49,7 +49,7 @@ impl BoundedLabels {
 }
 
 /// Distinct event types, topics and groups given their own series.
-const LABEL_LIMIT: usize = 200;
+pub const LABEL_LIMIT: usize = 200;
 
 /// Every gateway metric, registered in one registry.
 pub struct Metrics {
@@ -207,12 +207,17 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
-        String::from_utf8(out).expect("text exposition is UTF-8")
+        render(&self.registry)
     }
+}
+
+/// The Prometheus text exposition of a registry.
+pub fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding");
+    String::from_utf8(out).expect("text exposition is UTF-8")
 }
 
 impl Default for Metrics {

@@ -1,0 +1,890 @@
+//! The sink service: the Kafka consumer, its rebalance hook, the per-partition state,
+//! and the loop that turns records into flushes.
+//!
+//! Invariants (see [`crate::sink`] for why they give exactly-once files):
+//! - a partition is consumed only after the rebalance hook recovered it from its
+//!   progress markers; the hook sets the assignment's start offset itself, so no record
+//!   before the resume point is fetched;
+//! - a partition has at most one flush in flight; the next range starts where the
+//!   previous one ended, and a failed flush is retried with exactly the same range;
+//! - the Kafka offset `end + 1` is committed only after a range's files are all uploaded;
+//! - buffered bytes (waiting and in flight) stay under `flush.memoryBudget`: the
+//!   biggest buffers are flushed first, and consumption pauses while flushes catch up.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures_util::future::join_all;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use weir_crds::SinkSpec;
+use weir_crds::sink::SinkMode;
+
+use super::buffer::{FlushReason, PartitionBuffer, SinkRecord, over_budget};
+use super::encode::Encoder;
+use super::flush::{FlushContext, FlushError, FlushJob};
+use super::metrics::SinkMetrics;
+use super::progress::{self, ProgressMarker};
+use super::upload::Storage;
+
+/// Flushes (across partitions) running at once.
+const FLUSH_CONCURRENCY: usize = 4;
+/// How often ages, retries and batch completion are checked.
+const TICK: Duration = Duration::from_millis(200);
+/// Longest wait for Kafka metadata calls made in the rebalance hook.
+const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// First and longest wait before retrying a failed flush.
+const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+
+type Tp = (Arc<str>, i32);
+
+/// What a finished run wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkReport {
+    /// Records written to data files.
+    pub records_written: u64,
+    /// Records dead-lettered.
+    pub dead_letters: u64,
+    /// Ranges flushed.
+    pub flushes: u64,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    epoch: u64,
+    /// Start of the next range; unknown until the first record when nothing was ever
+    /// committed or flushed.
+    next_start: Option<i64>,
+    /// The next offset accepted; anything below is already in a range.
+    expected: i64,
+    /// The last offset consumed into the current buffer's range.
+    last_seen: Option<i64>,
+    buffer: PartitionBuffer,
+    /// A range whose marker exists but whose files are incomplete: it is written again
+    /// (exactly `start..=end`) before anything else.
+    redo: Option<ProgressMarker>,
+    flushing: bool,
+    in_flight_bytes: usize,
+    failed: Option<(FlushJob, Instant, u32)>,
+    /// Another sink owns the partition; ignore it until the next assignment.
+    fenced: bool,
+    /// Batch mode: the end offset seen at assignment.
+    stop_at: Option<i64>,
+}
+
+impl PartitionState {
+    fn batch_done(&self) -> bool {
+        self.fenced
+            || self.stop_at.is_some_and(|end| {
+                self.expected >= end
+                    && self.buffer.is_empty()
+                    && !self.flushing
+                    && self.failed.is_none()
+                    && self.redo.is_none()
+            })
+    }
+}
+
+#[derive(Default)]
+struct Partitions {
+    map: HashMap<Tp, PartitionState>,
+    assigned_once: bool,
+    next_epoch: u64,
+    report: SinkReport,
+    fatal: Option<String>,
+}
+
+impl Partitions {
+    fn buffered_bytes(&self) -> usize {
+        self.map
+            .values()
+            .map(|p| p.buffer.bytes() + p.in_flight_bytes)
+            .sum()
+    }
+}
+
+struct Core {
+    spec: SinkSpec,
+    flush: FlushContext,
+    metrics: Arc<SinkMetrics>,
+    partitions: Mutex<Partitions>,
+    changed: Condvar,
+    runtime: Handle,
+    slots: Arc<Semaphore>,
+    batch: bool,
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, Partitions> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct SinkContext {
+    core: Arc<Core>,
+}
+
+impl ClientContext for SinkContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in statistics.topics {
+            let lag: i64 = stats
+                .partitions
+                .iter()
+                .filter(|(p, s)| **p >= 0 && s.consumer_lag >= 0)
+                .map(|(_, s)| s.consumer_lag)
+                .sum();
+            let label = self.core.metrics.topics.get(&topic).to_string();
+            self.core
+                .metrics
+                .consumer_lag
+                .with_label_values(&[&label])
+                .set(lag);
+        }
+    }
+}
+
+impl ConsumerContext for SinkContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(tpl);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed");
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "cannot apply the rebalance");
+        }
+    }
+}
+
+impl SinkContext {
+    /// Recovers newly assigned partitions from their markers and sets their start
+    /// offsets in `tpl`, before any of their records is fetched.
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let committed: HashMap<(String, i32), i64> = match consumer
+            .committed_offsets(tpl.clone(), KAFKA_CALL_TIMEOUT)
+        {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read committed offsets; reading every progress marker instead");
+                HashMap::new()
+            }
+        };
+        let storage = &self.core.flush.storage;
+        let recoveries = tokio::task::block_in_place(|| {
+            self.core
+                .runtime
+                .block_on(join_all(parts.iter().map(|(topic, partition)| {
+                    let hint = committed.get(&(topic.clone(), *partition)).copied();
+                    progress::recover(storage, topic, *partition, hint)
+                })))
+        });
+        let mut state = self.core.lock();
+        state.assigned_once = true;
+        for ((topic, partition), recovery) in parts.into_iter().zip(recoveries) {
+            let recovery = match recovery {
+                Ok(r) => r,
+                Err(error) => {
+                    state.fatal = Some(format!(
+                        "cannot recover {topic}/{partition} from the object store: {error}"
+                    ));
+                    continue;
+                }
+            };
+            let mut resume = recovery.resume;
+            let mut stop_at = None;
+            if self.core.batch {
+                match consumer.fetch_watermarks(&topic, partition, KAFKA_CALL_TIMEOUT) {
+                    Ok((low, high)) => {
+                        resume = Some(resume.unwrap_or(low).max(low));
+                        stop_at = Some(high);
+                    }
+                    Err(error) => {
+                        state.fatal = Some(format!(
+                            "cannot read the end offset of {topic}/{partition}: {error}"
+                        ));
+                        continue;
+                    }
+                }
+            }
+            if let Some(offset) = resume
+                && let Err(error) =
+                    tpl.set_partition_offset(&topic, partition, Offset::Offset(offset))
+            {
+                state.fatal = Some(format!("cannot position {topic}/{partition}: {error}"));
+                continue;
+            }
+            tracing::info!(
+                %topic, partition, resume = ?resume, redo = recovery.redo.is_some(),
+                "partition assigned"
+            );
+            state.next_epoch += 1;
+            let epoch = state.next_epoch;
+            state.map.insert(
+                (topic.into(), partition),
+                PartitionState {
+                    epoch,
+                    next_start: resume,
+                    expected: resume.unwrap_or(0),
+                    last_seen: None,
+                    buffer: PartitionBuffer::default(),
+                    redo: recovery.redo,
+                    flushing: false,
+                    in_flight_bytes: 0,
+                    failed: None,
+                    fenced: false,
+                    stop_at,
+                },
+            );
+        }
+        self.core
+            .metrics
+            .assigned_partitions
+            .set(state.map.len() as i64);
+        self.core.changed.notify_all();
+    }
+
+    /// Waits for the revoked partitions' flushes in flight, then forgets them (their
+    /// buffers are consumed again by the next owner).
+    fn revoke(&self, tpl: &TopicPartitionList) {
+        let revoked: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let deadline = Instant::now() + self.core.spec.shutdown.drain_timeout;
+        tokio::task::block_in_place(|| {
+            let mut state = self.core.lock();
+            loop {
+                let busy = revoked.iter().any(|(t, p)| {
+                    state
+                        .map
+                        .get(&(Arc::from(t.as_str()), *p))
+                        .is_some_and(|s| s.flushing)
+                });
+                let now = Instant::now();
+                if !busy || now >= deadline {
+                    break;
+                }
+                state = self
+                    .core
+                    .changed
+                    .wait_timeout(state, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            for (topic, partition) in &revoked {
+                state.map.remove(&(Arc::from(topic.as_str()), *partition));
+                tracing::info!(%topic, partition, "partition revoked");
+            }
+            self.core
+                .metrics
+                .assigned_partitions
+                .set(state.map.len() as i64);
+            self.core
+                .metrics
+                .buffered_bytes
+                .set(state.buffered_bytes() as i64);
+        });
+    }
+}
+
+type SinkConsumer = StreamConsumer<SinkContext>;
+
+/// A running sink.
+pub struct Sink {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+    stop: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<SinkReport>>>,
+}
+
+impl Sink {
+    /// Validates the spec, opens the store (failing with the store's own error when it
+    /// cannot be reached, e.g. wrong credentials), joins the consumer group and starts
+    /// consuming. Needs a multi-threaded Tokio runtime (the rebalance hook blocks its
+    /// thread while it reads the store).
+    pub async fn start(spec: SinkSpec) -> anyhow::Result<Self> {
+        super::config::validate(&spec)?;
+        if Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
+            anyhow::bail!("the sink needs a multi-threaded Tokio runtime");
+        }
+        let encoder = Encoder::new(&spec)?;
+        let storage = Storage::open(&spec.storage)?;
+        probe(&storage)
+            .await
+            .with_context(|| format!("cannot use storage {}", spec.storage.url))?;
+        let metrics = Arc::new(SinkMetrics::new());
+        let dead_letter_topic = match &spec.dead_letter.topic {
+            Some(topic) => Some((
+                crate::kafka::producer_config(&spec.kafka)
+                    .create()
+                    .context("cannot create the dead-letter producer (check kafka.properties)")?,
+                topic.clone(),
+                spec.kafka.delivery_timeout,
+            )),
+            None => None,
+        };
+        let core = Arc::new(Core {
+            flush: FlushContext {
+                storage,
+                encoder,
+                dead_letter_topic,
+                metrics: metrics.clone(),
+            },
+            metrics,
+            partitions: Mutex::new(Partitions::default()),
+            changed: Condvar::new(),
+            runtime: Handle::current(),
+            slots: Arc::new(Semaphore::new(FLUSH_CONCURRENCY)),
+            batch: spec.mode == SinkMode::Batch,
+            spec,
+        });
+        let consumer: SinkConsumer = consumer_config(&core.spec)
+            .create_with_context(SinkContext { core: core.clone() })
+            .context("cannot create the Kafka consumer (check kafka.properties)")?;
+        let mut topics: Vec<&str> = core.spec.source.topics.iter().map(String::as_str).collect();
+        if let Some(pattern) = core
+            .spec
+            .source
+            .topic_pattern
+            .as_deref()
+            .filter(|p| !p.is_empty())
+        {
+            topics.push(pattern);
+        }
+        consumer
+            .subscribe(&topics)
+            .context("cannot subscribe to the source topics")?;
+        let consumer = Arc::new(consumer);
+
+        let listener = tokio::net::TcpListener::bind(&core.spec.listen.metrics)
+            .await
+            .with_context(|| format!("cannot listen on {}", core.spec.listen.metrics))?;
+        let metrics_addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let ops = axum::Router::new()
+            .route("/metrics", get(render_metrics))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(core.clone());
+        let server_stop = CancellationToken::new();
+        let server = crate::gateway::serve_http(listener, ops, server_stop.clone(), "sink metrics");
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let result = run(core, consumer, stop).await;
+                server_stop.cancel();
+                let _ = server.await;
+                result
+            }
+        });
+        Ok(Self {
+            metrics_addr,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Asks the sink to flush what it holds, commit and stop.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until the sink stops: after [`Self::stop`], at the end of a batch run, or
+    /// on a fatal error. Cancel-safe.
+    pub async fn wait(&mut self) -> anyhow::Result<SinkReport> {
+        let Some(task) = self.task.as_mut() else {
+            anyhow::bail!("the sink has already stopped");
+        };
+        let result = task.await;
+        self.task = None;
+        result.context("the sink task failed")?
+    }
+
+    /// Stops the sink and waits for it.
+    pub async fn shutdown(mut self) -> anyhow::Result<SinkReport> {
+        self.stop();
+        self.wait().await
+    }
+}
+
+/// Lists the prefix once, so wrong credentials or a missing bucket fail at start.
+async fn probe(storage: &Storage) -> Result<(), object_store::Error> {
+    let prefix = storage.path("");
+    storage
+        .store
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map(|_| ())
+}
+
+fn consumer_config(spec: &SinkSpec) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &spec.kafka.bootstrap_servers)
+        .set("group.id", &spec.source.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        // New topics matching source.topicPattern are found this often.
+        .set("topic.metadata.refresh.interval.ms", "30000");
+    for (key, value) in &spec.kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+async fn render_metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::gateway::metrics::render(&core.metrics.registry),
+    )
+}
+
+async fn readyz(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    let state = core.lock();
+    let failing = state
+        .map
+        .iter()
+        .find_map(|((t, p), s)| s.failed.as_ref().map(|_| format!("{t}/{p}")));
+    match (&state.fatal, state.assigned_once, failing) {
+        (Some(fatal), _, _) => (StatusCode::SERVICE_UNAVAILABLE, fatal.clone()),
+        (None, false, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not yet assigned partitions by the consumer group".into(),
+        ),
+        (None, true, Some(partition)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("flushes of {partition} are failing and being retried (see the logs)"),
+        ),
+        (None, true, None) => (StatusCode::OK, "ready".into()),
+    }
+}
+
+async fn run(
+    core: Arc<Core>,
+    consumer: Arc<SinkConsumer>,
+    stop: CancellationToken,
+) -> anyhow::Result<SinkReport> {
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let full = core.lock().buffered_bytes() >= core.spec.flush.memory_budget;
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => on_tick(&core, &consumer),
+            message = consumer.recv(), if !full => match message {
+                Ok(message) => on_message(&core, &consumer, &message),
+                Err(error) => tracing::warn!(%error, "Kafka consumer error"),
+            },
+        }
+        let state = core.lock();
+        if let Some(fatal) = &state.fatal {
+            anyhow::bail!("{fatal}");
+        }
+        if core.batch && state.assigned_once && state.map.values().all(PartitionState::batch_done) {
+            tracing::info!("batch run complete: every partition is written up to its end offset");
+            break;
+        }
+    }
+    drain(&core, &consumer).await;
+    let state = core.lock();
+    if let Some(fatal) = &state.fatal {
+        anyhow::bail!("{fatal}");
+    }
+    Ok(state.report.clone())
+}
+
+fn on_message(
+    core: &Arc<Core>,
+    consumer: &Arc<SinkConsumer>,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+) {
+    let topic = message.topic();
+    let partition = message.partition();
+    let offset = message.offset();
+    let topic_label = core.metrics.topics.get(topic).to_string();
+    core.metrics
+        .records_consumed
+        .with_label_values(&[&topic_label])
+        .inc();
+    core.metrics
+        .bytes_consumed
+        .with_label_values(&[&topic_label])
+        .inc_by(message.payload_len() as u64);
+    let mut state = core.lock();
+    let Some(ps) = state.map.get_mut(&(Arc::from(topic), partition)) else {
+        return;
+    };
+    if ps.fenced || offset < ps.expected || ps.stop_at.is_some_and(|end| offset >= end) {
+        return;
+    }
+    ps.expected = offset + 1;
+    ps.next_start.get_or_insert(offset);
+    let headers = message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key, h.value)).collect::<Vec<_>>());
+    let record = SinkRecord::from_parts(
+        topic,
+        offset,
+        message.timestamp().to_millis(),
+        message.key(),
+        message.payload(),
+        headers.unwrap_or_default(),
+    );
+    let keep = core.spec.source.event_types.is_empty()
+        || core.spec.source.event_types.contains(&record.event_type);
+    if !keep {
+        core.metrics
+            .records_skipped
+            .with_label_values(&[&topic_label])
+            .inc();
+    }
+    let now = Instant::now();
+    let mut jobs = Vec::new();
+    let redo_end = ps.redo.as_ref().map(|m| m.end);
+    match redo_end {
+        Some(end) if offset <= end => {
+            ps.last_seen = Some(offset);
+            if keep {
+                ps.buffer.push(record, now);
+            }
+            if offset == end {
+                jobs.extend(take_job(ps, FlushReason::Redo));
+            }
+        }
+        Some(_) => {
+            // The range's last record is gone (compaction or retention): write the
+            // range with what it still has.
+            jobs.extend(take_job(ps, FlushReason::Redo));
+            ps.last_seen = Some(offset);
+            if keep {
+                ps.buffer.push(record, now);
+            }
+        }
+        None => {
+            ps.last_seen = Some(offset);
+            if keep {
+                ps.buffer.push(record, now);
+            }
+            let at_end = ps.stop_at.is_some_and(|end| ps.expected >= end);
+            let reason = ps
+                .buffer
+                .due(&core.spec.flush, now)
+                .or(at_end.then_some(FlushReason::Drain));
+            if let Some(reason) = reason {
+                jobs.extend(take_job(ps, reason));
+            }
+        }
+    }
+    let tp: Tp = (Arc::from(topic), partition);
+    let mut started: Vec<(Tp, FlushJob)> = jobs.into_iter().map(|j| (tp.clone(), j)).collect();
+    started.extend(enforce_budget(core, &mut state));
+    update_buffered(core, &state);
+    drop(state);
+    for (tp, job) in started {
+        spawn_flush(core.clone(), consumer.clone(), tp, job);
+    }
+}
+
+/// Takes the partition's buffer as a flush job, unless a flush is already in flight
+/// (the buffer then waits for it) or a redo still waits for its last record.
+fn take_job(ps: &mut PartitionState, reason: FlushReason) -> Option<FlushJob> {
+    if ps.flushing || ps.failed.is_some() || ps.fenced {
+        return None;
+    }
+    let (marker, start, end) = match ps.redo.take() {
+        Some(marker) if reason == FlushReason::Redo => {
+            let (s, e) = (marker.start, marker.end);
+            (Some(marker), s, e)
+        }
+        Some(marker) => {
+            ps.redo = Some(marker);
+            return None;
+        }
+        None => {
+            if ps.buffer.is_empty() {
+                return None;
+            }
+            let start = ps.next_start?;
+            (None, start, ps.last_seen?)
+        }
+    };
+    let bytes = ps.buffer.bytes();
+    let records = ps.buffer.take();
+    ps.flushing = true;
+    ps.in_flight_bytes = bytes;
+    if marker.is_some() {
+        // Whatever follows the redone range belongs to the next one.
+        ps.last_seen = None;
+    }
+    Some(FlushJob {
+        topic: Arc::from(""),
+        partition: 0,
+        start,
+        end,
+        records,
+        marker,
+        reason,
+        bytes,
+    })
+}
+
+/// Flushes the biggest buffers while the budget is exceeded.
+fn enforce_budget(core: &Core, state: &mut Partitions) -> Vec<(Tp, FlushJob)> {
+    let total = state.buffered_bytes();
+    if total <= core.spec.flush.memory_budget {
+        return Vec::new();
+    }
+    let sizes: Vec<(Tp, usize)> = state
+        .map
+        .iter()
+        .filter(|(_, s)| !s.flushing && s.redo.is_none())
+        .map(|(tp, s)| (tp.clone(), s.buffer.bytes()))
+        .collect();
+    let in_flight: usize = state.map.values().map(|s| s.in_flight_bytes).sum();
+    let chosen = over_budget(
+        &sizes,
+        total - in_flight.min(total),
+        core.spec.flush.memory_budget.saturating_sub(in_flight),
+    );
+    chosen
+        .into_iter()
+        .filter_map(|tp| {
+            let ps = state.map.get_mut(&tp)?;
+            take_job(ps, FlushReason::Memory).map(|job| (tp, job))
+        })
+        .collect()
+}
+
+fn update_buffered(core: &Core, state: &Partitions) {
+    core.metrics
+        .buffered_bytes
+        .set(state.buffered_bytes() as i64);
+}
+
+fn on_tick(core: &Arc<Core>, consumer: &Arc<SinkConsumer>) {
+    let now = Instant::now();
+    let mut state = core.lock();
+    let mut started = Vec::new();
+    for (tp, ps) in state.map.iter_mut() {
+        if let Some((_, retry_at, _)) = &ps.failed {
+            if *retry_at <= now {
+                let (job, _, attempt) = ps.failed.take().expect("checked above");
+                ps.flushing = true;
+                ps.in_flight_bytes = job.bytes;
+                started.push((tp.clone(), job, attempt));
+            }
+            continue;
+        }
+        let at_end = ps.stop_at.is_some_and(|end| ps.expected >= end);
+        let reason = ps
+            .buffer
+            .due(&core.spec.flush, now)
+            .or((at_end && !ps.buffer.is_empty()).then_some(FlushReason::Drain));
+        if let Some(job) = reason.and_then(|reason| take_job(ps, reason)) {
+            started.push((tp.clone(), job, 0));
+        }
+    }
+    update_buffered(core, &state);
+    drop(state);
+    for (tp, job, attempt) in started {
+        spawn_flush_attempt(core.clone(), consumer.clone(), tp, job, attempt);
+    }
+}
+
+fn spawn_flush(core: Arc<Core>, consumer: Arc<SinkConsumer>, tp: Tp, job: FlushJob) {
+    spawn_flush_attempt(core, consumer, tp, job, 0);
+}
+
+fn spawn_flush_attempt(
+    core: Arc<Core>,
+    consumer: Arc<SinkConsumer>,
+    tp: Tp,
+    mut job: FlushJob,
+    attempt: u32,
+) {
+    job.topic = tp.0.clone();
+    job.partition = tp.1;
+    let epoch = core.lock().map.get(&tp).map(|s| s.epoch);
+    tokio::spawn(async move {
+        let Ok(_permit) = core.slots.clone().acquire_owned().await else {
+            return;
+        };
+        let started = Instant::now();
+        let result = core.flush.run(&mut job).await;
+        let mut state = core.lock();
+        let Some(ps) = state.map.get_mut(&tp).filter(|s| Some(s.epoch) == epoch) else {
+            // Revoked meanwhile: the next owner continues from the markers.
+            core.changed.notify_all();
+            return;
+        };
+        ps.flushing = false;
+        ps.in_flight_bytes = 0;
+        match result {
+            Ok(flushed) => {
+                ps.next_start = Some(job.end + 1);
+                let mut commit = TopicPartitionList::new();
+                let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(job.end + 1));
+                if let Err(error) = consumer.commit(&commit, CommitMode::Async) {
+                    tracing::warn!(%error, topic = %tp.0, partition = tp.1, "offset commit failed; the progress markers still hold the position");
+                }
+                core.metrics
+                    .flush_seconds
+                    .with_label_values(&[job.reason.label()])
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::debug!(
+                    topic = %tp.0, partition = tp.1, start = job.start, end = job.end,
+                    records = flushed.records, reason = job.reason.label(), "flushed"
+                );
+                state.report.flushes += 1;
+                state.report.records_written += flushed.records as u64;
+                state.report.dead_letters += flushed.dead_letters as u64;
+            }
+            Err(FlushError::Fenced { start }) => {
+                tracing::warn!(topic = %tp.0, partition = tp.1, start, "another sink owns this partition now; dropping its buffer");
+                ps.fenced = true;
+                ps.buffer.take();
+                core.metrics
+                    .flush_failures
+                    .with_label_values(&["fenced"])
+                    .inc();
+            }
+            Err(error) => {
+                core.metrics
+                    .flush_failures
+                    .with_label_values(&[error.stage()])
+                    .inc();
+                let backoff = RETRY_BACKOFF
+                    .0
+                    .saturating_mul(1 << attempt.min(8))
+                    .min(RETRY_BACKOFF.1);
+                tracing::error!(
+                    topic = %tp.0, partition = tp.1, start = job.start, end = job.end,
+                    %error, retry_in = ?backoff,
+                    "flush failed; offsets stay uncommitted and the same range is retried"
+                );
+                ps.in_flight_bytes = job.bytes;
+                ps.failed = Some((job, Instant::now() + backoff, attempt + 1));
+            }
+        }
+        update_buffered(&core, &state);
+        core.changed.notify_all();
+    });
+}
+
+/// On stop: flushes every buffer, retries failed flushes and waits for all of them,
+/// within `shutdown.drainTimeout`. A redo still missing records is left for the next
+/// start.
+async fn drain(core: &Arc<Core>, consumer: &Arc<SinkConsumer>) {
+    let deadline = Instant::now() + core.spec.shutdown.drain_timeout;
+    loop {
+        let mut started = Vec::new();
+        let busy;
+        {
+            let now = Instant::now();
+            let mut state = core.lock();
+            for (tp, ps) in state.map.iter_mut() {
+                if let Some((_, retry_at, _)) = &ps.failed {
+                    if *retry_at <= now {
+                        let (job, _, attempt) = ps.failed.take().expect("checked above");
+                        ps.flushing = true;
+                        started.push((tp.clone(), job, attempt));
+                    }
+                } else if let Some(job) = take_job(ps, FlushReason::Drain) {
+                    started.push((tp.clone(), job, 0));
+                }
+            }
+            busy = state.map.values().any(|s| {
+                s.flushing
+                    || s.failed.is_some()
+                    || (!s.buffer.is_empty() && s.redo.is_none() && !s.fenced)
+            });
+        }
+        for (tp, job, attempt) in started {
+            spawn_flush_attempt(core.clone(), consumer.clone(), tp, job, attempt);
+        }
+        if !busy {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "drain timeout: unflushed records will be consumed again at the next start"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Commit synchronously what the asynchronous commits may not have sent yet.
+    let mut commit = TopicPartitionList::new();
+    for ((topic, partition), ps) in core.lock().map.iter() {
+        if let Some(next) = ps.next_start {
+            let _ = commit.add_partition_offset(topic, *partition, Offset::Offset(next));
+        }
+    }
+    if commit.count() > 0 {
+        let consumer = consumer.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit(&commit, CommitMode::Sync)).await;
+        if let Ok(Err(error)) = committed {
+            tracing::warn!(%error, "final offset commit failed; the progress markers still hold the position");
+        }
+    }
+}

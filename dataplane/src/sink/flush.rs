@@ -1,0 +1,255 @@
+//! One flush: a range of one partition's records through encode → claim → upload.
+//! The order of the steps is the exactly-once argument of the module docs of
+//! [`crate::sink`]; the caller commits the Kafka offset afterwards.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use object_store::ObjectStoreExt;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::buffer::{FlushReason, SinkRecord};
+use super::encode::{EncodedRange, Encoder};
+use super::metrics::SinkMetrics;
+use super::progress::{self, Claim, ProgressMarker};
+use super::upload::Storage;
+use crate::record;
+
+/// Uploads of one flush running at once.
+const UPLOAD_CONCURRENCY: usize = 8;
+
+/// A range to write.
+#[derive(Debug)]
+pub struct FlushJob {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: i32,
+    /// First offset of the range.
+    pub start: i64,
+    /// Last offset of the range.
+    pub end: i64,
+    /// The range's records, in offset order.
+    pub records: Vec<SinkRecord>,
+    /// Set when the range's marker already exists (a redo after a crash, or a retry
+    /// after the marker was created): write its files without a new marker.
+    pub marker: Option<ProgressMarker>,
+    /// Why it was flushed.
+    pub reason: FlushReason,
+    /// Bytes it counts against the memory budget.
+    pub bytes: usize,
+}
+
+/// Why a flush did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// Another writer owns this range: the partition was reassigned.
+    #[error(
+        "another sink fixed the range starting at offset {start} first; this sink no longer owns the partition"
+    )]
+    Fenced {
+        /// The contested start.
+        start: i64,
+    },
+    /// A step failed; the same range is retried.
+    #[error("{stage}: {message}")]
+    Failed {
+        /// `encode`, `claim`, `upload` or `dead_letter`.
+        stage: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl FlushError {
+    fn at(stage: &'static str) -> impl Fn(String) -> Self {
+        move |message| Self::Failed { stage, message }
+    }
+
+    /// The metric label of the failed step.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            Self::Fenced { .. } => "fenced",
+            Self::Failed { stage, .. } => stage,
+        }
+    }
+}
+
+/// What a finished flush wrote.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Records in data files.
+    pub records: usize,
+    /// Dead-lettered records.
+    pub dead_letters: usize,
+}
+
+/// What a flush needs besides its job.
+#[derive(Clone)]
+pub struct FlushContext {
+    /// The store.
+    pub storage: Storage,
+    /// The encoder.
+    pub encoder: Encoder,
+    /// Publishes dead letters when `deadLetter.topic` is set.
+    pub dead_letter_topic: Option<(FutureProducer, String, Duration)>,
+    /// Metrics.
+    pub metrics: Arc<SinkMetrics>,
+}
+
+impl FlushContext {
+    /// Runs the job. On `Err(Failed)` the job's marker field says whether the marker
+    /// was created, so a retry writes exactly the same range.
+    pub async fn run(&self, job: &mut FlushJob) -> Result<Flushed, FlushError> {
+        let encoder = self.encoder.clone();
+        let records = std::mem::take(&mut job.records);
+        let (topic, partition, start) = (job.topic.clone(), job.partition, job.start);
+        let (records, encoded) = tokio::task::spawn_blocking(move || {
+            let encoded = encoder.encode(&topic, partition, start, &records);
+            (records, encoded)
+        })
+        .await
+        .map_err(|e| FlushError::at("encode")(e.to_string()))?;
+        job.records = records;
+        let encoded: EncodedRange = encoded.map_err(|e| FlushError::at("encode")(e.to_string()))?;
+        let files: Vec<String> = encoded.files.iter().map(|f| f.path.clone()).collect();
+        let marker = ProgressMarker {
+            topic: job.topic.to_string(),
+            partition: job.partition,
+            start: job.start,
+            end: job.end,
+            records: job.records.len(),
+            files: files.clone(),
+        };
+        let rewrite_marker = match &job.marker {
+            None => {
+                match progress::claim(&self.storage, &marker)
+                    .await
+                    .map_err(|e| FlushError::at("claim")(e.to_string()))?
+                {
+                    Claim::Ours => job.marker = Some(marker.clone()),
+                    Claim::Taken(_) => return Err(FlushError::Fenced { start: job.start }),
+                }
+                false
+            }
+            Some(existing) => {
+                // A redo: files of the range that the current settings no longer
+                // produce are removed before the marker is updated to the new list.
+                let keep: HashSet<&String> = files.iter().collect();
+                for stale in existing.files.iter().filter(|f| !keep.contains(f)) {
+                    let path = self.storage.path(stale);
+                    match self.storage.store.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => {
+                            return Err(FlushError::at("upload")(format!("delete {path}: {e}")));
+                        }
+                    }
+                }
+                existing.files != files || existing.end != job.end
+            }
+        };
+        let mut uploads = Vec::with_capacity(encoded.files.len());
+        for file in &encoded.files {
+            let (storage, path, bytes) =
+                (self.storage.clone(), file.path.clone(), file.bytes.clone());
+            uploads.push(async move { storage.upload(&path, bytes).await });
+        }
+        let results: Vec<Result<(), _>> = futures_util::stream::iter(uploads)
+            .buffered(UPLOAD_CONCURRENCY)
+            .collect()
+            .await;
+        for (file, result) in encoded.files.iter().zip(results) {
+            result.map_err(|e| FlushError::at("upload")(e.to_string()))?;
+            let kind = if file.dead_letter {
+                "dead_letter"
+            } else {
+                "data"
+            };
+            self.metrics.files_written.with_label_values(&[kind]).inc();
+            self.metrics
+                .bytes_written
+                .with_label_values(&[kind])
+                .inc_by(file.bytes.len() as u64);
+        }
+        if let Some((producer, topic, timeout)) = &self.dead_letter_topic {
+            publish_dead_letters(producer, topic, *timeout, job, &encoded).await?;
+        }
+        if rewrite_marker {
+            let path = self.storage.path(&super::layout::progress_marker(
+                &marker.topic,
+                marker.partition,
+                marker.start,
+            ));
+            let body = serde_json::to_vec_pretty(&marker).expect("a marker serializes");
+            self.storage
+                .store
+                .put(&path, body.into())
+                .await
+                .map_err(|e| FlushError::at("claim")(format!("update {path}: {e}")))?;
+        }
+        let topic_label = self.metrics.topics.get(&job.topic).to_string();
+        for dead in &encoded.dead_letters {
+            let event_type = &job.records[dead.index].event_type;
+            self.metrics
+                .dead_letters
+                .with_label_values(&[&topic_label, self.metrics.event_types.get(event_type)])
+                .inc();
+            tracing::warn!(
+                topic = %job.topic,
+                partition = job.partition,
+                offset = job.records[dead.index].offset,
+                reason = %dead.reason,
+                "dead-lettered a record"
+            );
+        }
+        let written = job.records.len() - encoded.dead_letters.len();
+        self.metrics
+            .records_written
+            .with_label_values(&[&topic_label])
+            .inc_by(written as u64);
+        Ok(Flushed {
+            records: written,
+            dead_letters: encoded.dead_letters.len(),
+        })
+    }
+}
+
+async fn publish_dead_letters(
+    producer: &FutureProducer,
+    topic: &str,
+    timeout: Duration,
+    job: &FlushJob,
+    encoded: &EncodedRange,
+) -> Result<(), FlushError> {
+    for dead in &encoded.dead_letters {
+        let r = &job.records[dead.index];
+        let source = format!("{}/{}/{}", job.topic, job.partition, r.offset);
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: record::EVENT_TYPE,
+                value: Some(r.event_type.as_bytes()),
+            })
+            .insert(Header {
+                key: record::DEAD_LETTER_REASON,
+                value: Some(dead.reason.as_bytes()),
+            })
+            .insert(Header {
+                key: "weir-source",
+                value: Some(source.as_bytes()),
+            });
+        let mut message = FutureRecord::to(topic)
+            .payload(r.payload.as_slice())
+            .headers(headers);
+        if let Some(key) = &r.key {
+            message = message.key(key.as_slice());
+        }
+        producer
+            .send(message, timeout)
+            .await
+            .map_err(|(e, _)| FlushError::at("dead_letter")(format!("publish to {topic}: {e}")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Where things go in the object store. Pure functions of their inputs.
+//!
+//! ```text
+//! <prefix>/event_type=<type>/dt=YYYY-MM-DD/hour=HH/<topic>+<partition>+<start>.parquet
+//! <prefix>/<dead letter prefix>/topic=<topic>/<topic>+<partition>+<start>.jsonl
+//! <prefix>/_weir/progress/<topic>/<partition>/<start>.json
+//! ```
+//!
+//! `<start>` is the first offset of the flushed range, zero-padded to 20 digits so that
+//! names sort in offset order. A flushed range writes one file per (event type, time
+//! partition) it contains, all named from the same range start: the name says which
+//! Kafka records the file holds, and writing the same range again writes the same names.
+//! Engines skip the `_weir` directory (a leading underscore marks it hidden for Hive,
+//! Spark and Trino).
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use weir_crds::sink::{FileFormat, Granularity};
+
+/// The directory of progress markers.
+pub const PROGRESS_DIR: &str = "_weir/progress";
+
+/// Joins a prefix and a relative path.
+pub fn join(prefix: &str, rest: &str) -> String {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{prefix}/{rest}")
+    }
+}
+
+/// Hive-style escaping of a partition value: anything outside `[A-Za-z0-9._-]` becomes
+/// `%XX`, so a value can never add a directory level or an `=`.
+pub fn escape_partition_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("__HIVE_DEFAULT_PARTITION__");
+    }
+    out
+}
+
+/// The partition directory (relative to the prefix) of a record of `event_type` at
+/// `event_time_us` (Unix microseconds).
+pub fn partition_dir(event_type: &str, event_time_us: i64, granularity: Granularity) -> String {
+    let time = DateTime::<Utc>::from_timestamp_micros(event_time_us).unwrap_or_default();
+    let event_type = escape_partition_value(event_type);
+    let (y, m, d) = (time.year(), time.month(), time.day());
+    match granularity {
+        Granularity::Hour => format!(
+            "event_type={event_type}/dt={y:04}-{m:02}-{d:02}/hour={:02}",
+            time.hour()
+        ),
+        Granularity::Day => format!("event_type={event_type}/dt={y:04}-{m:02}-{d:02}"),
+    }
+}
+
+/// The file name (no directory) of a flushed range starting at `start`.
+pub fn file_name(topic: &str, partition: i32, start: i64, extension: &str) -> String {
+    format!(
+        "{}+{partition}+{start:020}.{extension}",
+        escape_partition_value(topic)
+    )
+}
+
+/// The file extension of a format and its compression.
+pub fn extension(format: FileFormat, gzip: bool) -> &'static str {
+    match (format, gzip) {
+        (FileFormat::Parquet, _) => "parquet",
+        (FileFormat::Jsonl, true) => "jsonl.gz",
+        (FileFormat::Jsonl, false) => "jsonl",
+    }
+}
+
+/// The dead-letter directory of a topic, relative to the prefix.
+pub fn dead_letter_dir(dead_letter_prefix: &str, topic: &str) -> String {
+    join(
+        dead_letter_prefix,
+        &format!("topic={}", escape_partition_value(topic)),
+    )
+}
+
+/// The progress directory of one partition, relative to the prefix.
+pub fn progress_dir(topic: &str, partition: i32) -> String {
+    format!(
+        "{PROGRESS_DIR}/{}/{partition}",
+        escape_partition_value(topic)
+    )
+}
+
+/// The progress marker of the range starting at `start`, relative to the prefix.
+pub fn progress_marker(topic: &str, partition: i32, start: i64) -> String {
+    format!("{}/{start:020}.json", progress_dir(topic, partition))
+}
+
+/// The range start a marker name encodes, if it is a marker name.
+pub fn marker_start(name: &str) -> Option<i64> {
+    let digits = name.rsplit('/').next()?.strip_suffix(".json")?;
+    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_dirs_are_hive_style_in_utc() {
+        // 2026-11-22T04:05:06Z
+        let t = 1_795_320_306_000_000;
+        assert_eq!(
+            partition_dir("page_view", t, Granularity::Hour),
+            "event_type=page_view/dt=2026-11-22/hour=04"
+        );
+        assert_eq!(
+            partition_dir("page_view", t, Granularity::Day),
+            "event_type=page_view/dt=2026-11-22"
+        );
+    }
+
+    #[test]
+    fn partition_values_cannot_escape_their_directory() {
+        assert_eq!(escape_partition_value("a/b=c d"), "a%2Fb%3Dc%20d");
+        assert_eq!(escape_partition_value(""), "__HIVE_DEFAULT_PARTITION__");
+        assert_eq!(escape_partition_value("ok.name-1_x"), "ok.name-1_x");
+    }
+
+    #[test]
+    fn names_sort_in_offset_order_and_round_trip() {
+        let a = progress_marker("t", 3, 99);
+        let b = progress_marker("t", 3, 100);
+        assert!(a < b);
+        assert_eq!(marker_start(&b), Some(100));
+        assert_eq!(marker_start("x/123.json"), None);
+        assert_eq!(
+            file_name("clickstream-a-log", 2, 7, "parquet"),
+            "clickstream-a-log+2+00000000000000000007.parquet"
+        );
+        assert_eq!(join("/p/q/", "x"), "p/q/x");
+        assert_eq!(join("", "x"), "x");
+        assert_eq!(dead_letter_dir("_dead_letter", "t"), "_dead_letter/topic=t");
+    }
+}
