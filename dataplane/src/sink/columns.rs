@@ -6,8 +6,8 @@
 //! know); messages become structs; repeated fields lists; maps Arrow maps (entries
 //! sorted by key, so equal messages give equal files); `google.protobuf.Timestamp` a
 //! UTC microsecond timestamp; the wrapper types (`Int64Value`, …) a nullable scalar.
-//! A message type that contains itself (directly or not, e.g. `google.protobuf.Struct`)
-//! is written, from the point where it recurs, as its proto3 JSON text.
+//! `google.protobuf.Struct`/`Value`/`ListValue`, and a message type that contains itself
+//! (from the point where it recurs), are written as their proto3 JSON text.
 //!
 //! Nulls: a message field that is unset, or a scalar field with explicit presence
 //! (`optional`, oneof members, proto2) that is unset, is null. Other scalars carry
@@ -189,7 +189,12 @@ impl ColumnBuilder {
             let inner = message.get_field(1).expect("wrapper types have field 1");
             return Self::Wrapper(Box::new(Self::for_kind(&inner.kind(), stack)), inner);
         }
-        if stack.iter().any(|s| s == name) {
+        if stack.iter().any(|s| s == name)
+            || matches!(
+                name,
+                "google.protobuf.Struct" | "google.protobuf.Value" | "google.protobuf.ListValue"
+            )
+        {
             return Self::Json(StringBuilder::new());
         }
         stack.push(name.to_string());
