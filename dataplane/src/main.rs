@@ -54,6 +54,12 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// Read a sink's files back and check that every record is in exactly one file.
+    SinkAudit {
+        /// Sink YAML: a bare spec or a SinkBinding manifest (only `storage` is used).
+        #[arg(short = 'f', long = "config", env = "WEIR_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Run the gateway and the sink on an embedded Kafka: nothing to install.
     Dev(weir::dev::DevOptions),
     /// Send events to a gateway.
@@ -129,6 +135,44 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 report.records_written, report.dead_letters, report.flushes
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::SinkAudit { config } => {
+            let spec = weir::config::load_sink(config.as_deref(), std::env::vars())?;
+            let storage = weir::sink::upload::Storage::open(&spec.storage)?;
+            let report = weir::sink::audit::audit(&storage).await?;
+            for ((topic, partition), records) in &report.records {
+                println!("{topic}/{partition}: {records} records");
+            }
+            for ((topic, partition, offset), files) in &report.duplicates {
+                println!("DUPLICATE {topic}/{partition}@{offset} in {files:?}");
+            }
+            for file in &report.orphans {
+                println!("ORPHAN {file} (in no progress marker)");
+            }
+            for file in &report.missing {
+                println!("MISSING {file} (listed by a progress marker; redone at the next start)");
+            }
+            for (file, why) in &report.unreadable {
+                println!("UNREADABLE {file}: {why}");
+            }
+            for ((topic, partition), from, to) in &report.gaps {
+                println!("gap {topic}/{partition} {from}..={to} (skipped or compacted records)");
+            }
+            println!(
+                "{} files, {} records: {}",
+                report.files,
+                report.total(),
+                if report.exactly_once() {
+                    "exactly once"
+                } else {
+                    "PROBLEMS FOUND"
+                }
+            );
+            Ok(if report.exactly_once() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Dev(options) => weir::dev::run(options).await.map(|()| ExitCode::SUCCESS),
         Command::Send(options) => weir::client::send::run(options).await,

@@ -786,6 +786,7 @@ fn spawn_flush_attempt(
                 if let Err(error) = consumer.commit(&commit, CommitMode::Async) {
                     tracing::warn!(%error, topic = %tp.0, partition = tp.1, "offset commit failed; the progress markers still hold the position");
                 }
+                super::failpoint::hit("after_commit");
                 core.metrics
                     .flush_seconds
                     .with_label_values(&[job.reason.label()])

@@ -601,7 +601,10 @@ mod tests {
         let batch = read_parquet(&range.files[0].bytes);
         assert_eq!(batch.num_rows(), 2);
         let col = |name: &str| batch.column_by_name(name).unwrap().clone();
-        assert_eq!(col("_offset").as_primitive::<Int64Type>().values(), &[10, 11]);
+        assert_eq!(
+            col("_offset").as_primitive::<Int64Type>().values(),
+            &[10, 11]
+        );
         assert!(col("flag").as_boolean().value(0));
         assert_eq!(col("i32").as_primitive::<Int32Type>().value(0), -5);
         assert_eq!(col("i64").as_primitive::<Int64Type>().value(0), -6);
@@ -624,9 +627,18 @@ mod tests {
 
         let item = col("item");
         let item: &StructArray = item.as_struct();
-        assert_eq!(item.column_by_name("sku").unwrap().as_string::<i32>().value(0), "a");
         assert_eq!(
-            item.column_by_name("price").unwrap().as_primitive::<Float64Type>().value(0),
+            item.column_by_name("sku")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "a"
+        );
+        assert_eq!(
+            item.column_by_name("price")
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .value(0),
             9.5
         );
         assert!(item.is_null(1), "an unset message is null");
@@ -637,17 +649,29 @@ mod tests {
         assert_eq!(items.value_length(1), 0);
         let first = items.value(0);
         assert_eq!(
-            first.as_struct().column_by_name("sku").unwrap().as_string::<i32>().value(1),
+            first
+                .as_struct()
+                .column_by_name("sku")
+                .unwrap()
+                .as_string::<i32>()
+                .value(1),
             "c"
         );
         let tags = col("tags");
-        assert_eq!(tags.as_list::<i32>().value(0).as_string::<i32>().value(1), "y");
+        assert_eq!(
+            tags.as_list::<i32>().value(0).as_string::<i32>().value(1),
+            "y"
+        );
 
         let counts = col("counts");
         let counts = counts.as_map();
         let keys = counts.value(0);
         let keys = keys.column(0).as_string::<i32>();
-        assert_eq!((keys.value(0), keys.value(1)), ("alpha", "zeta"), "map entries sorted");
+        assert_eq!(
+            (keys.value(0), keys.value(1)),
+            ("alpha", "zeta"),
+            "map entries sorted"
+        );
 
         let at = col("at");
         assert_eq!(
@@ -683,7 +707,11 @@ mod tests {
         let pool = shop_pool();
         let encoder = Encoder::with_pool(&spec_for(PayloadEncoding::Json), Some(&pool)).unwrap();
         let records = [
-            record(0, "page_view", br#"{"page":"/a","kind":"KIND_VIEW","i64":"3"}"#.to_vec()),
+            record(
+                0,
+                "page_view",
+                br#"{"page":"/a","kind":"KIND_VIEW","i64":"3"}"#.to_vec(),
+            ),
             record(1, "page_view", br#"{"page": 5}"#.to_vec()),
             record(2, "page_view", br#"{"nope": 1}"#.to_vec()),
             record(3, "page_view", br#"{"page":"/b"} trailing"#.to_vec()),
@@ -709,7 +737,10 @@ mod tests {
         assert_eq!(page.as_string::<i32>().value(0), "/a");
         // The dead letters of the range: one JSON line each, with the reason.
         let dead = range.files.iter().find(|f| f.dead_letter).unwrap();
-        assert_eq!(dead.path, "_dead_letter/topic=t/t+1+00000000000000000000.jsonl");
+        assert_eq!(
+            dead.path,
+            "_dead_letter/topic=t/t+1+00000000000000000000.jsonl"
+        );
         let lines: Vec<serde_json::Value> = dead
             .bytes
             .split(|b| *b == b'\n')
@@ -770,9 +801,18 @@ mod tests {
         assert_eq!(
             paths,
             vec![
-                ("event_type=a/dt=2026-11-22/hour=04/t+0+00000000000000000000.parquet", 2),
-                ("event_type=a/dt=2026-11-22/hour=05/t+0+00000000000000000000.parquet", 1),
-                ("event_type=b/dt=2026-11-22/hour=04/t+0+00000000000000000000.parquet", 1),
+                (
+                    "event_type=a/dt=2026-11-22/hour=04/t+0+00000000000000000000.parquet",
+                    2
+                ),
+                (
+                    "event_type=a/dt=2026-11-22/hour=05/t+0+00000000000000000000.parquet",
+                    1
+                ),
+                (
+                    "event_type=b/dt=2026-11-22/hour=04/t+0+00000000000000000000.parquet",
+                    1
+                ),
             ]
         );
         let again = encoder.encode("t", 0, 0, &records).unwrap();
@@ -799,8 +839,10 @@ mod tests {
             &mut text,
         )
         .unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["payload"]["x"], 1);
         assert_eq!(lines[0]["_topic"], "t");
         assert_eq!(lines[0]["_key"], "aw==");
@@ -813,12 +855,18 @@ mod tests {
         let pool = shop_pool();
         let mut spec = spec_for(PayloadEncoding::Protobuf);
         spec.schema.types.get_mut("page_view").unwrap().message = "shop.v1.Nope".into();
-        let error = Encoder::with_pool(&spec, Some(&pool)).err().unwrap().to_string();
+        let error = Encoder::with_pool(&spec, Some(&pool))
+            .err()
+            .unwrap()
+            .to_string();
         assert_eq!(
             error,
             "schema.types.page_view.message: \"shop.v1.Nope\" is not in the descriptor set"
         );
-        let error = load_descriptor_set("/nonexistent.pb").err().unwrap().to_string();
+        let error = load_descriptor_set("/nonexistent.pb")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.starts_with("schema.descriptorSet: cannot load /nonexistent.pb"));
         let garbage = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(garbage.path(), b"\xff\xff").unwrap();
@@ -826,7 +874,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(error.contains("not a protobuf FileDescriptorSet"), "{error}");
+        assert!(
+            error.contains("not a protobuf FileDescriptorSet"),
+            "{error}"
+        );
         let _ = Value::Bool(true);
     }
 }

@@ -13,6 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::buffer::{FlushReason, SinkRecord};
 use super::encode::{EncodedRange, Encoder};
+use super::failpoint;
 use super::metrics::SinkMetrics;
 use super::progress::{self, Claim, ProgressMarker};
 use super::upload::Storage;
@@ -115,6 +116,7 @@ impl FlushContext {
         .map_err(|e| FlushError::at("encode")(e.to_string()))?;
         job.records = records;
         let encoded: EncodedRange = encoded.map_err(|e| FlushError::at("encode")(e.to_string()))?;
+        failpoint::hit("after_encode");
         let files: Vec<String> = encoded.files.iter().map(|f| f.path.clone()).collect();
         let marker = ProgressMarker {
             topic: job.topic.to_string(),
@@ -130,7 +132,10 @@ impl FlushContext {
                     .await
                     .map_err(|e| FlushError::at("claim")(e.to_string()))?
                 {
-                    Claim::Ours => job.marker = Some(marker.clone()),
+                    Claim::Ours => {
+                        failpoint::hit("after_claim");
+                        job.marker = Some(marker.clone());
+                    }
                     Claim::Taken(_) => return Err(FlushError::Fenced { start: job.start }),
                 }
                 false
@@ -155,7 +160,11 @@ impl FlushContext {
         for file in &encoded.files {
             let (storage, path, bytes) =
                 (self.storage.clone(), file.path.clone(), file.bytes.clone());
-            uploads.push(async move { storage.upload(&path, bytes).await });
+            uploads.push(async move {
+                let uploaded = storage.upload(&path, bytes).await;
+                failpoint::hit("after_file_upload");
+                uploaded
+            });
         }
         let results: Vec<Result<(), _>> = futures_util::stream::iter(uploads)
             .buffered(UPLOAD_CONCURRENCY)
@@ -174,6 +183,7 @@ impl FlushContext {
                 .with_label_values(&[kind])
                 .inc_by(file.bytes.len() as u64);
         }
+        failpoint::hit("after_uploads");
         if let Some((producer, topic, timeout)) = &self.dead_letter_topic {
             publish_dead_letters(producer, topic, *timeout, job, &encoded).await?;
         }

@@ -41,11 +41,13 @@
 //! Replay: markers, not the Kafka offset, decide where a partition resumes. Resetting
 //! the group's offsets does not rewrite files; write to a new prefix instead.
 
+pub mod audit;
 pub mod buffer;
 pub mod columns;
 pub mod config;
 pub mod consume;
 pub mod encode;
+pub mod failpoint;
 pub mod flush;
 pub mod layout;
 pub mod metrics;

@@ -1,0 +1,207 @@
+//! `weir sink-audit`: reads every file under a sink's prefix back and checks the
+//! exactly-once promise — each (topic, partition, offset) in exactly one file, no file
+//! outside a progress marker, no marker missing files.
+//!
+//! Offsets missing inside a partition's range are reported but are not errors: records
+//! skipped by `source.eventTypes`, compacted away or transaction markers leave them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use futures_util::TryStreamExt;
+use object_store::ObjectStoreExt;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::layout;
+use super::progress::ProgressMarker;
+use super::upload::{Storage, StoreError};
+
+/// What an audit found.
+#[derive(Debug, Default)]
+pub struct AuditReport {
+    /// Files read.
+    pub files: usize,
+    /// Records per (topic, partition), dead letters included.
+    pub records: BTreeMap<(String, i32), u64>,
+    /// (topic, partition, offset) found in more than one place, with the files.
+    pub duplicates: Vec<((String, i32, i64), Vec<String>)>,
+    /// Offset ranges missing inside a partition's span (`from..=to`).
+    pub gaps: Vec<((String, i32), i64, i64)>,
+    /// Files that no progress marker lists.
+    pub orphans: Vec<String>,
+    /// Files a marker lists that do not exist.
+    pub missing: Vec<String>,
+    /// Files that could not be read, with why.
+    pub unreadable: Vec<(String, String)>,
+}
+
+impl AuditReport {
+    /// True when the exactly-once promise holds.
+    pub fn exactly_once(&self) -> bool {
+        self.duplicates.is_empty()
+            && self.orphans.is_empty()
+            && self.missing.is_empty()
+            && self.unreadable.is_empty()
+    }
+
+    /// Every (topic, partition, offset), for tests that compare against what was sent.
+    pub fn total(&self) -> u64 {
+        self.records.values().sum()
+    }
+}
+
+/// Reads everything under the storage prefix.
+pub async fn audit(storage: &Storage) -> Result<AuditReport, StoreError> {
+    let root = storage.path("");
+    let objects: Vec<_> = storage
+        .store
+        .list(Some(&root))
+        .try_collect()
+        .await
+        .map_err(|e| StoreError::request("list", &root, e))?;
+    let relative = |location: &str| {
+        location
+            .strip_prefix(&storage.prefix)
+            .unwrap_or(location)
+            .trim_start_matches('/')
+            .to_string()
+    };
+    let mut report = AuditReport::default();
+    let mut listed = HashSet::new();
+    let mut data_files = Vec::new();
+    for meta in &objects {
+        let name = relative(meta.location.as_ref());
+        if name.starts_with(layout::PROGRESS_DIR) {
+            let bytes = get(storage, &meta.location).await?;
+            match serde_json::from_slice::<ProgressMarker>(&bytes) {
+                Ok(marker) => listed.extend(marker.files),
+                Err(e) => report.unreadable.push((name, e.to_string())),
+            }
+        } else {
+            data_files.push((name, meta.location.clone()));
+        }
+    }
+    let existing: HashSet<&String> = data_files.iter().map(|(n, _)| n).collect();
+    report.missing = listed
+        .iter()
+        .filter(|f| !existing.contains(f))
+        .cloned()
+        .collect();
+    report.missing.sort();
+    let mut seen: HashMap<(String, i32, i64), Vec<String>> = HashMap::new();
+    for (name, location) in &data_files {
+        if !listed.contains(name) {
+            report.orphans.push(name.clone());
+        }
+        let bytes = get(storage, location).await?;
+        match read_offsets(name, bytes) {
+            Ok(offsets) => {
+                report.files += 1;
+                for key in offsets {
+                    seen.entry(key).or_default().push(name.clone());
+                }
+            }
+            Err(e) => report.unreadable.push((name.clone(), e)),
+        }
+    }
+    let mut by_partition: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
+    for ((topic, partition, offset), files) in seen {
+        if files.len() > 1 {
+            report
+                .duplicates
+                .push(((topic.clone(), partition, offset), files));
+        }
+        by_partition
+            .entry((topic, partition))
+            .or_default()
+            .push(offset);
+    }
+    report.duplicates.sort();
+    for (tp, mut offsets) in by_partition {
+        offsets.sort_unstable();
+        for pair in offsets.windows(2) {
+            if pair[1] > pair[0] + 1 {
+                report.gaps.push((tp.clone(), pair[0] + 1, pair[1] - 1));
+            }
+        }
+        report.records.insert(tp, offsets.len() as u64);
+    }
+    Ok(report)
+}
+
+async fn get(
+    storage: &Storage,
+    location: &object_store::path::Path,
+) -> Result<bytes::Bytes, StoreError> {
+    let result = storage
+        .store
+        .get(location)
+        .await
+        .map_err(|e| StoreError::request("read", location, e))?;
+    result
+        .bytes()
+        .await
+        .map_err(|e| StoreError::request("read", location, e))
+}
+
+/// The (topic, partition, offset) of every record in a file.
+fn read_offsets(name: &str, bytes: bytes::Bytes) -> Result<Vec<(String, i32, i64)>, String> {
+    if name.ends_with(".parquet") {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| e.to_string())?;
+        let mask = ProjectionMask::columns(
+            builder.parquet_schema(),
+            ["_topic", "_partition", "_offset"],
+        );
+        let reader = builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| e.to_string())?;
+            let column = |n: &str| {
+                batch
+                    .column_by_name(n)
+                    .cloned()
+                    .ok_or(format!("no {n} column"))
+            };
+            let (topics, partitions, offsets) =
+                (column("_topic")?, column("_partition")?, column("_offset")?);
+            let topics = topics.as_string::<i32>();
+            let partitions = partitions.as_primitive::<Int32Type>();
+            let offsets = offsets.as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                out.push((
+                    topics.value(i).to_string(),
+                    partitions.value(i),
+                    offsets.value(i),
+                ));
+            }
+        }
+        return Ok(out);
+    }
+    let text = if name.ends_with(".gz") {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(bytes.as_ref())
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        text
+    } else if name.ends_with(".jsonl") {
+        String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())?
+    } else {
+        return Err("not a file the sink writes".into());
+    };
+    text.lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            Ok((
+                value["_topic"].as_str().ok_or("no _topic")?.to_string(),
+                value["_partition"].as_i64().ok_or("no _partition")? as i32,
+                value["_offset"].as_i64().ok_or("no _offset")?,
+            ))
+        })
+        .collect()
+}
