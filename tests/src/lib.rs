@@ -96,3 +96,44 @@ impl Broker {
         })
     }
 }
+
+/// A real S3-compatible server process (s3s-fs) with one bucket.
+pub struct S3Server {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// The bucket that exists.
+    pub bucket: String,
+    /// The access key it accepts.
+    pub access_key: String,
+    /// The secret key it accepts.
+    pub secret_key: String,
+    _process: Process,
+}
+
+impl S3Server {
+    /// Starts s3s-fs on a free port with a bucket named `bucket`.
+    pub fn start(bucket: &str) -> anyhow::Result<Self> {
+        let binary = find_tool("s3s-fs")?;
+        let port = free_port();
+        let dir = tempfile::tempdir()?;
+        // s3s-fs keeps each bucket as a directory of its data directory.
+        std::fs::create_dir(dir.path().join(bucket))?;
+        let (access_key, secret_key) = ("weir-test-access", "weir-test-secret");
+        let mut child = Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", access_key, "--secret-key", secret_key])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start s3s-fs")?;
+        wait_for_port(port, &mut child, "s3s-fs")?;
+        Ok(Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: bucket.into(),
+            access_key: access_key.into(),
+            secret_key: secret_key.into(),
+            _process: Process { child, _dir: dir },
+        })
+    }
+}

@@ -365,9 +365,17 @@ impl Sink {
         }
         let encoder = Encoder::new(&spec)?;
         let storage = Storage::open(&spec.storage)?;
-        probe(&storage)
-            .await
-            .with_context(|| format!("cannot use storage {}", spec.storage.url))?;
+        if let Err(error) = probe(&storage).await {
+            let text = error.to_string();
+            let hint = if text.contains("403") || text.contains("SignatureDoesNotMatch") {
+                " (check the credentials: storage.accessKeyIdFile/secretAccessKeyFile or the AWS_* variables)"
+            } else if text.contains("NoSuchBucket") || text.contains("404") {
+                " (the bucket does not exist)"
+            } else {
+                ""
+            };
+            anyhow::bail!("cannot use storage {}{hint}: {text}", spec.storage.url);
+        }
         let metrics = Arc::new(SinkMetrics::new());
         let dead_letter_topic = match &spec.dead_letter.topic {
             Some(topic) => Some((
