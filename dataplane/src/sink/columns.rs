@@ -35,7 +35,7 @@ pub fn timestamp_type() -> DataType {
 
 /// Columns for one message type: one Arrow field per message field, in field order.
 pub struct MessageColumns {
-    fields: Vec<(FieldDescriptor, ColumnBuilder)>,
+    fields: Vec<(FieldSlot, ColumnBuilder)>,
 }
 
 impl MessageColumns {
@@ -47,7 +47,7 @@ impl MessageColumns {
                 .fields()
                 .map(|f| {
                     let builder = ColumnBuilder::for_field(&f, &mut stack);
-                    (f, builder)
+                    (FieldSlot::new(f), builder)
                 })
                 .collect(),
         }
@@ -57,14 +57,14 @@ impl MessageColumns {
     pub fn arrow_fields(&self) -> Vec<FieldRef> {
         self.fields
             .iter()
-            .map(|(f, b)| Arc::new(Field::new(f.name(), b.data_type(), true)))
+            .map(|(f, b)| Arc::new(Field::new(f.desc.name(), b.data_type(), true)))
             .collect()
     }
 
     /// Appends one message as a row.
     pub fn append(&mut self, message: &DynamicMessage) {
         for (field, builder) in &mut self.fields {
-            builder.append(field_value(message, field).as_deref());
+            builder.append(field.value(message));
         }
     }
 
@@ -74,17 +74,41 @@ impl MessageColumns {
     }
 }
 
-/// A field's value, or `None` where it is null (see the module docs).
-fn field_value<'a>(
-    message: &'a DynamicMessage,
-    field: &FieldDescriptor,
-) -> Option<std::borrow::Cow<'a, Value>> {
-    let absent = !message.has_field(field);
-    let nullable = field.supports_presence() || matches!(field.kind(), Kind::Message(_));
-    if absent && nullable && !field.is_list() && !field.is_map() {
-        None
-    } else {
-        Some(message.get_field(field))
+/// A message field with what reading it needs, worked out once per schema rather than
+/// per record (descriptor lookups dominated the profile).
+struct FieldSlot {
+    desc: FieldDescriptor,
+    /// Unset reads as null (messages, explicit presence); else as `default`.
+    nullable: bool,
+    default: Value,
+}
+
+impl FieldSlot {
+    fn new(desc: FieldDescriptor) -> Self {
+        let repeated = desc.is_list() || desc.is_map();
+        let nullable =
+            !repeated && (desc.supports_presence() || matches!(desc.kind(), Kind::Message(_)));
+        let default = Value::default_value_for_field(&desc);
+        Self {
+            desc,
+            nullable,
+            default,
+        }
+    }
+
+    /// The field's value in `message`, or `None` where it is null (see the module docs).
+    fn value<'a>(&'a self, message: &'a DynamicMessage) -> Option<&'a Value> {
+        if message.has_field(&self.desc) {
+            match message.get_field(&self.desc) {
+                std::borrow::Cow::Borrowed(value) => Some(value),
+                // Set fields are stored, so this arm is not taken.
+                std::borrow::Cow::Owned(_) => Some(&self.default),
+            }
+        } else if self.nullable {
+            None
+        } else {
+            Some(&self.default)
+        }
     }
 }
 
@@ -106,7 +130,7 @@ enum ColumnBuilder {
     Json(StringBuilder),
     Struct {
         fields: Fields,
-        children: Vec<(FieldDescriptor, ColumnBuilder)>,
+        children: Vec<(FieldSlot, ColumnBuilder)>,
         nulls: NullBufferBuilder,
     },
     List {
@@ -198,17 +222,17 @@ impl ColumnBuilder {
             return Self::Json(StringBuilder::new());
         }
         stack.push(name.to_string());
-        let children: Vec<(FieldDescriptor, ColumnBuilder)> = message
+        let children: Vec<(FieldSlot, ColumnBuilder)> = message
             .fields()
             .map(|f| {
                 let builder = Self::for_field(&f, stack);
-                (f, builder)
+                (FieldSlot::new(f), builder)
             })
             .collect();
         stack.pop();
         let fields = children
             .iter()
-            .map(|(f, b)| Field::new(f.name(), b.data_type(), true))
+            .map(|(f, b)| Field::new(f.desc.name(), b.data_type(), true))
             .collect();
         Self::Struct {
             fields,
@@ -282,7 +306,7 @@ impl ColumnBuilder {
             } => match value.and_then(Value::as_message) {
                 Some(message) => {
                     for (field, child) in children.iter_mut() {
-                        child.append(field_value(message, field).as_deref());
+                        child.append(field.value(message));
                     }
                     nulls.append_non_null();
                 }

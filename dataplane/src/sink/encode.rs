@@ -21,6 +21,7 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as ParquetCompression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde_json::{Map, Value as Json, json};
 use weir_crds::sink::{Compression, EventTime, FileFormat, Granularity, PayloadEncoding, SinkSpec};
@@ -212,8 +213,11 @@ impl Encoder {
         start: i64,
         records: &[SinkRecord],
     ) -> Result<EncodedRange, EncodeError> {
-        let mut groups: BTreeMap<String, Vec<(&SinkRecord, Option<DynamicMessage>)>> =
-            BTreeMap::new();
+        // Grouped by (event type, time bucket); the directory name is formatted once
+        // per group, not per record.
+        type Rows<'a> = Vec<(&'a SinkRecord, Option<DynamicMessage>)>;
+        let mut groups: BTreeMap<(&str, i64), Rows<'_>> = BTreeMap::new();
+        let width = layout::bucket_width_us(self.granularity);
         let mut dead_letters = Vec::new();
         for (index, record) in records.iter().enumerate() {
             let decoded = match self.types.get(&record.event_type) {
@@ -226,12 +230,11 @@ impl Encoder {
                     }
                 },
             };
-            let dir = layout::partition_dir(
-                &record.event_type,
-                record.event_time_us(self.event_time),
-                self.granularity,
-            );
-            groups.entry(dir).or_default().push((record, decoded));
+            let bucket = record.event_time_us(self.event_time).div_euclid(width);
+            groups
+                .entry((&record.event_type, bucket))
+                .or_default()
+                .push((record, decoded));
         }
         let gzip = self.compression == Compression::Gzip;
         let name = layout::file_name(
@@ -241,8 +244,8 @@ impl Encoder {
             layout::extension(self.format, gzip),
         );
         let mut files = Vec::with_capacity(groups.len() + 1);
-        for (dir, rows) in groups {
-            let event_type = &rows[0].0.event_type;
+        for ((event_type, bucket), rows) in groups {
+            let dir = layout::partition_dir(event_type, bucket * width, self.granularity);
             let bytes = match self.format {
                 FileFormat::Parquet => self.parquet(topic, partition, event_type, &rows)?,
                 FileFormat::Jsonl => {
@@ -334,8 +337,21 @@ impl Encoder {
             Compression::Gzip => ParquetCompression::GZIP(GzipLevel::default()),
             Compression::None => ParquetCompression::UNCOMPRESSED,
         };
-        let properties = WriterProperties::builder()
-            .set_compression(compression)
+        let mut properties = WriterProperties::builder().set_compression(compression);
+        // Dictionaries pay off for repeated values (topic, type, group); for unique
+        // ones (offsets, times, payloads) they only cost hashing.
+        for column in [
+            "_offset",
+            "_timestamp",
+            "_key",
+            "_sent_time",
+            "_receive_time",
+            RAW_PAYLOAD_COLUMN,
+        ] {
+            properties =
+                properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
+        }
+        let properties = properties
             .set_max_row_group_row_count(Some(self.row_group_records.max(1)))
             .set_created_by(concat!("weir ", env!("CARGO_PKG_VERSION")).into())
             .build();

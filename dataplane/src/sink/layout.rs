@@ -61,6 +61,14 @@ pub fn partition_dir(event_type: &str, event_time_us: i64, granularity: Granular
     }
 }
 
+/// The span of one time partition, microseconds.
+pub fn bucket_width_us(granularity: Granularity) -> i64 {
+    match granularity {
+        Granularity::Hour => 3_600_000_000,
+        Granularity::Day => 86_400_000_000,
+    }
+}
+
 /// The file name (no directory) of a flushed range starting at `start`.
 pub fn file_name(topic: &str, partition: i32, start: i64, extension: &str) -> String {
     format!(
