@@ -2,7 +2,7 @@
 
 use schemars::schema_for;
 use serde_json::Value;
-use weir_crds::PipelineSpec;
+use weir_crds::{PipelineSpec, SinkSpec};
 
 fn collect(schema: &Value, defs: &Value, prefix: &str, out: &mut Vec<String>) {
     let schema = match schema.get("$ref").and_then(Value::as_str) {
@@ -26,12 +26,11 @@ fn collect(schema: &Value, defs: &Value, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
-#[test]
-fn every_field_is_in_the_readme() {
-    let schema = serde_json::to_value(schema_for!(PipelineSpec)).unwrap();
+fn assert_documented(schema: schemars::Schema, minimum: usize) {
+    let schema = serde_json::to_value(schema).unwrap();
     let mut fields = Vec::new();
     collect(&schema, &schema["$defs"], "", &mut fields);
-    assert!(fields.len() > 30, "{fields:?}");
+    assert!(fields.len() > minimum, "{fields:?}");
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let missing: Vec<&String> = fields
@@ -42,4 +41,14 @@ fn every_field_is_in_the_readme() {
         missing.is_empty(),
         "README.md lacks reference lines for {missing:?}"
     );
+}
+
+#[test]
+fn every_pipeline_field_is_in_the_readme() {
+    assert_documented(schema_for!(PipelineSpec), 30);
+}
+
+#[test]
+fn every_sink_field_is_in_the_readme() {
+    assert_documented(schema_for!(SinkSpec), 30);
 }

@@ -50,14 +50,20 @@ fn encode(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(input_bytes(&raw)));
     for (name, format, compression) in [
         ("parquet_zstd_raw", FileFormat::Parquet, Compression::Zstd),
-        ("parquet_snappy_raw", FileFormat::Parquet, Compression::Snappy),
+        (
+            "parquet_snappy_raw",
+            FileFormat::Parquet,
+            Compression::Snappy,
+        ),
         ("jsonl_gzip_raw", FileFormat::Jsonl, Compression::Gzip),
     ] {
         let mut spec = SinkSpec::default();
         spec.format.kind = format;
         spec.format.compression = Some(compression);
         let encoder = Encoder::new(&spec).unwrap();
-        group.bench_function(name, |b| b.iter(|| encoder.encode("t", 0, 0, &raw).unwrap()));
+        group.bench_function(name, |b| {
+            b.iter(|| encoder.encode("t", 0, 0, &raw).unwrap())
+        });
     }
 
     // Typed: protobuf payloads decoded into nested columns.

@@ -37,7 +37,10 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let records: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let records: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let payload_bytes: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(200);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let kafka = EmbeddedKafka::start(1).unwrap();
@@ -117,7 +120,10 @@ fn main() {
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     let mb = (records * payload_bytes) as f64 / 1e6;
-    let written: u64 = walk(dir.path()).iter().map(|p| p.metadata().unwrap().len()).sum();
+    let written: u64 = walk(dir.path())
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
     assert_eq!(report.records_written as usize, records);
     println!(
         "sink: {records} records ({mb:.0} MB) in {wall:.2} s wall, {cpu:.2} s CPU: \

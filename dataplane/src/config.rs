@@ -391,4 +391,31 @@ mod example_tests {
         assert_eq!(spec.topics.len(), 3);
         assert_eq!(spec.kafka.properties["linger.ms"], "5");
     }
+
+    #[test]
+    fn shipped_example_sink_loads_without_the_operator_keys() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sink.yaml");
+        let spec = super::load_sink(Some(&path), []).expect("examples/sink.yaml is valid");
+        assert_eq!(spec.source.group_id, "clickstream-parquet");
+        assert_eq!(spec.storage.url, "s3://analytics/events");
+        assert!(!spec.storage.path_style);
+    }
+
+    #[test]
+    fn a_sink_refuses_a_pipeline_manifest_and_env_overrides_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, "kind: IngestPipeline\nspec: {}\n").unwrap();
+        let error = super::load_sink(Some(&path), []).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "kind: expected SinkBinding, found String(\"IngestPipeline\")"
+        );
+        let spec = super::load_sink(
+            None,
+            [("WEIR__FLUSH__MAX_AGE".to_string(), "10s".to_string())],
+        )
+        .unwrap();
+        assert_eq!(spec.flush.max_age, std::time::Duration::from_secs(10));
+    }
 }

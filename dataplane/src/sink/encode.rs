@@ -348,8 +348,7 @@ impl Encoder {
             "_receive_time",
             RAW_PAYLOAD_COLUMN,
         ] {
-            properties =
-                properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
+            properties = properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
         }
         let properties = properties
             .set_max_row_group_row_count(Some(self.row_group_records.max(1)))
