@@ -24,6 +24,8 @@ use super::upload::{Storage, StoreError};
 pub struct AuditReport {
     /// Files read.
     pub files: usize,
+    /// Their total size.
+    pub bytes: u64,
     /// Records per (topic, partition), dead letters included.
     pub records: BTreeMap<(String, i32), u64>,
     /// (topic, partition, offset) found in more than one place, with the files.
@@ -97,6 +99,7 @@ pub async fn audit(storage: &Storage) -> Result<AuditReport, StoreError> {
             report.orphans.push(name.clone());
         }
         let bytes = get(storage, location).await?;
+        report.bytes += bytes.len() as u64;
         match read_offsets(name, bytes) {
             Ok(offsets) => {
                 report.files += 1;
