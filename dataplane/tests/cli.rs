@@ -1,5 +1,5 @@
-//! The `weir` binary as a user runs it: `dev` on free ports, `send` against it, SIGTERM,
-//! and configuration errors that name the field.
+//! The `weir` binary as a user runs it: `dev` on free ports, `send` against it, the
+//! Parquet files its sink writes, SIGTERM, and configuration errors that name the field.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -8,7 +8,8 @@ use std::time::Duration;
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
 #[test]
-fn dev_serves_send_and_stops_on_sigterm() {
+fn dev_serves_send_writes_parquet_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
     let mut dev = Command::new(WEIR)
         .args([
             "dev",
@@ -22,7 +23,11 @@ fn dev_serves_send_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--metrics",
             "127.0.0.1:0",
+            "--sink-metrics",
+            "127.0.0.1:0",
+            "--data-dir",
         ])
+        .arg(data.path())
         .env("WEIR_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -37,8 +42,9 @@ fn dev_serves_send_and_stops_on_sigterm() {
             break rest.trim_end_matches("/api/v1/events").to_string();
         }
     };
-    let printed: Vec<String> = lines.by_ref().take(4).map(Result::unwrap).collect();
+    let printed: Vec<String> = lines.by_ref().take(5).map(Result::unwrap).collect();
     assert!(printed.iter().any(|l| l.contains("Kafka")), "{printed:?}");
+    assert!(printed.iter().any(|l| l.contains("files")), "{printed:?}");
 
     let send = Command::new(WEIR)
         .args([
@@ -79,6 +85,16 @@ fn dev_serves_send_and_stops_on_sigterm() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--json #1 is not JSON"));
 
+    // The dev sink flushes every 10 s: the two events land as Parquet.
+    let parquet = (0..300).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        find_parquet(data.path())
+    });
+    let parquet = parquet.expect("weir dev's sink writes a Parquet file within 30 s");
+    let name = parquet.display().to_string();
+    assert!(name.contains("event_type=ad_click/dt="), "{name}");
+    assert_eq!(&std::fs::read(&parquet).unwrap()[..4], b"PAR1");
+
     let killed = Command::new("kill")
         .args(["-TERM", &dev.id().to_string()])
         .status()
@@ -96,6 +112,20 @@ fn dev_serves_send_and_stops_on_sigterm() {
     }
     let _ = dev.kill();
     panic!("weir dev did not exit after SIGTERM");
+}
+
+fn find_parquet(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.is_dir() {
+            if let Some(found) = find_parquet(&path) {
+                return Some(found);
+            }
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            return Some(path);
+        }
+    }
+    None
 }
 
 #[test]
@@ -124,4 +154,29 @@ fn bad_configuration_exits_2_naming_the_field() {
         printed.contains("defaultPattern: clickstream-%s-log"),
         "{printed}"
     );
+}
+
+#[test]
+fn sink_configuration_errors_name_the_field_and_print_config_shows_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sink.yaml");
+    std::fs::write(&path, "flush:\n  maxAge: soon\n").unwrap();
+    let run = Command::new(WEIR)
+        .args(["sink", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("flush.maxAge"), "{err}");
+
+    let run = Command::new(WEIR)
+        .args(["sink", "--print-config"])
+        .env("WEIR__STORAGE__URL", "s3://bucket/prefix")
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let printed = String::from_utf8_lossy(&run.stdout);
+    assert!(printed.contains("url: s3://bucket/prefix"), "{printed}");
+    assert!(printed.contains("groupId: weir-sink"), "{printed}");
 }

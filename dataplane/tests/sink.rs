@@ -3,6 +3,8 @@
 //! sink` process aborted at every step of a flush, and killed at random) and across a
 //! rebalance between two sinks.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -465,4 +467,51 @@ async fn crashes_at_every_step_of_a_flush_lose_and_duplicate_nothing() {
     let status = wait_exit(&mut child, Duration::from_secs(90)).expect("the batch run ends");
     assert!(status.success(), "{status:?}");
     assert_exactly_once(&audit_dir(&data).await, produced as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_can_go_to_a_topic_with_the_reason_header() {
+    let kafka = kafka_with_topic(1);
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let set = protox::compile(
+        ["shop.proto"],
+        [concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data")],
+    )
+    .unwrap();
+    let descriptor_path = dir.path().join("shop.pb");
+    std::fs::write(&descriptor_path, set.encode_to_vec()).unwrap();
+    let data = dir.path().join("data");
+    let mut spec = sink_spec(&bootstrap, &data);
+    spec.schema.descriptor_set = Some(descriptor_path.display().to_string());
+    spec.schema.types.insert(
+        "click".into(),
+        TypeSchema {
+            message: "shop.v1.Item".into(),
+            encoding: weir_crds::sink::PayloadEncoding::Json,
+        },
+    );
+    spec.dead_letter.topic = Some("sink-dead-letters".into());
+    produce(&bootstrap, 0, 4, json_payload).await;
+    let sink = Sink::start(spec).await.unwrap();
+    // The range (two page views in files, two clicks dead-lettered) is flushed by age.
+    let report = wait_for_records(&data, 2, Duration::from_secs(30)).await;
+    assert_eq!(report.total(), 2, "{report:?}");
+    let dead =
+        tokio::task::spawn_blocking(move || common::read_topic(&bootstrap, "sink-dead-letters", 2))
+            .await
+            .unwrap();
+    let summary = sink.shutdown().await.unwrap();
+    assert_eq!(summary.dead_letters, 2);
+    assert_eq!(dead.len(), 2);
+    let reason = common::header(&dead[0], weir::record::DEAD_LETTER_REASON).unwrap();
+    assert!(
+        reason.starts_with("payload is not valid JSON for shop.v1.Item"),
+        "{reason}"
+    );
+    assert_eq!(common::payload(&dead[0]), b"{\"n\":1}");
+    assert_eq!(
+        common::header(&dead[0], "weir-source").unwrap(),
+        format!("{TOPIC}/0/1")
+    );
 }
