@@ -50,6 +50,8 @@ const FLUSH_CONCURRENCY: usize = 4;
 const TICK: Duration = Duration::from_millis(200);
 /// Longest wait for Kafka metadata calls made in the rebalance hook.
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a batch run waits for the group to assign it partitions.
+const BATCH_ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// First and longest wait before retrying a failed flush.
 const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
 
@@ -124,6 +126,17 @@ impl Partitions {
     fn buffered_bytes(&self) -> usize {
         self.map
             .values()
+            .map(|p| p.buffer.bytes() + p.in_flight_bytes)
+            .sum()
+    }
+
+    /// The bytes that pause consumption when over budget. A range being redone is left
+    /// out: it can only be flushed once its last record is consumed, and its size is
+    /// bounded by the flush that first wrote it.
+    fn pausing_bytes(&self) -> usize {
+        self.map
+            .values()
+            .filter(|p| p.redo.is_none())
             .map(|p| p.buffer.bytes() + p.in_flight_bytes)
             .sum()
     }
@@ -542,8 +555,9 @@ async fn run(
 ) -> anyhow::Result<SinkReport> {
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
     loop {
-        let full = core.lock().buffered_bytes() >= core.spec.flush.memory_budget;
+        let full = core.lock().pausing_bytes() >= core.spec.flush.memory_budget;
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -560,6 +574,11 @@ async fn run(
         if core.batch && state.assigned_once && state.map.values().all(PartitionState::batch_done) {
             tracing::info!("batch run complete: every partition is written up to its end offset");
             break;
+        }
+        if core.batch && !state.assigned_once && started.elapsed() > BATCH_ASSIGNMENT_TIMEOUT {
+            anyhow::bail!(
+                "no partitions assigned within {BATCH_ASSIGNMENT_TIMEOUT:?}: do the source topics exist, and is Kafka reachable?"
+            );
         }
     }
     drain(&core, &consumer).await;
