@@ -5,6 +5,7 @@
 //! settings under `spec.workload`), and `weir dev` / `weir gateway` read the same YAML.
 
 pub mod pipeline;
+pub mod resources;
 pub mod sink;
 
 pub use pipeline::PipelineSpec;

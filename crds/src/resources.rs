@@ -1,0 +1,255 @@
+//! The custom resources, API group `weir.dev`, version `v1alpha1`.
+//!
+//! - `IngestPipeline`: a [`PipelineSpec`] (what `weir gateway` reads) plus `workload`,
+//!   how the operator runs the gateway (image, replicas or autoscaling, resources,
+//!   service, Kafka credentials).
+//! - `SinkBinding`: a [`SinkSpec`] (what `weir sink` reads) plus `pipelineRef`, the
+//!   pipeline whose Kafka cluster it reads, and `workload` (replicas, or a cron schedule
+//!   that makes it a batch job).
+//!
+//! Optional fields never serialize as null, and the operator never writes spec: what a
+//! user applies is what GitOps tools compare against.
+
+// kube's `printcolumn(type_ = …)` repeats per column, which clippy takes for a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{PipelineSpec, SinkSpec};
+
+/// An ingestion gateway: its data-plane configuration and how it runs.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "IngestPipeline",
+    namespaced,
+    status = "IngestPipelineStatus",
+    shortname = "ipl",
+    category = "weir",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    scale(
+        spec_replicas_path = ".spec.workload.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    doc = "An ingestion gateway: WebSocket, HTTP and gRPC in, Kafka out."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestPipelineSpec {
+    /// How the operator runs the gateway. `weir dev` and `weir gateway` ignore it.
+    #[serde(default)]
+    pub workload: GatewayWorkload,
+    /// The gateway's configuration, exactly as `weir gateway -f` reads it.
+    #[serde(flatten)]
+    pub pipeline: PipelineSpec,
+}
+
+/// How the gateway runs.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayWorkload {
+    /// Container image; unset uses the operator's default Weir image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Fixed replica count (also set by `kubectl scale`); ignored while `autoscaling` is
+    /// set. Unset: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("replicas cannot be negative"))]
+    pub replicas: Option<i32>,
+    /// Horizontal autoscaling on CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The Service in front of the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSettings>,
+    /// A Secret whose keys become `WEIR__KAFKA__PROPERTIES__<key>` environment variables
+    /// (e.g. `sasl.username`, `sasl.password`, `ssl.ca.pem`): Kafka credentials stay out
+    /// of the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_secret: Option<String>,
+}
+
+/// CPU-based horizontal autoscaling.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct Autoscaling {
+    /// Fewest replicas.
+    #[x_kube(validation = Rule::new("self >= 1").message("minReplicas must be at least 1"))]
+    pub min_replicas: i32,
+    /// Most replicas.
+    pub max_replicas: i32,
+    /// Target average CPU utilization, percent of the request.
+    #[serde(default = "default_cpu_target")]
+    #[x_kube(validation = Rule::new("self > 0 && self <= 100").message("targetCpuUtilization is a percentage"))]
+    pub target_cpu_utilization: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// The gateway's Service.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// `ClusterIP` (unset), `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['ClusterIP', 'NodePort', 'LoadBalancer']").message("type must be ClusterIP, NodePort or LoadBalancer"))]
+    pub type_: Option<String>,
+    /// Service port for HTTP and WebSocket. Unset: 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<i32>,
+    /// Service port for gRPC. Unset: 81.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_port: Option<i32>,
+    /// Annotations for the Service (e.g. for a cloud load balancer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What the operator observed about an IngestPipeline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestPipelineStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, with a reason a person can act on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Desired replicas (the scale subresource reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Replicas passing readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Label selector of the gateway pods (the scale subresource reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// In-cluster address of the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Topics created or grown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics_ensured: Vec<String>,
+}
+
+/// A sink reading a pipeline's topics into files.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "SinkBinding",
+    namespaced,
+    status = "SinkBindingStatus",
+    shortname = "snk",
+    category = "weir",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Pipeline",
+        type_ = "string",
+        json_path = ".spec.pipelineRef.name"
+    ),
+    printcolumn(name = "Group", type_ = "string", json_path = ".status.consumerGroup"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    doc = "A sink: a pipeline's Kafka topics into exactly-once Parquet or JSON-lines files."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkBindingSpec {
+    /// The IngestPipeline (same namespace) whose Kafka cluster this sink reads.
+    pub pipeline_ref: PipelineRef,
+    /// How the operator runs the sink. `weir sink` ignores it.
+    #[serde(default)]
+    pub workload: SinkWorkload,
+    /// The sink's configuration, exactly as `weir sink -f` reads it. `kafka` is taken
+    /// from the pipeline when unset here.
+    #[serde(flatten)]
+    pub sink: SinkSpec,
+}
+
+/// A reference to an IngestPipeline.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PipelineRef {
+    /// The pipeline's name.
+    #[x_kube(validation = Rule::new("self != ''").message("pipelineRef.name must name an IngestPipeline"))]
+    pub name: String,
+}
+
+/// How the sink runs.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SinkWorkload {
+    /// Container image; unset uses the operator's default Weir image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Replicas of a continuous sink (they share the partitions). Unset: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// A cron schedule (`0 * * * *`): run as a CronJob in batch mode instead of a
+    /// continuous Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// A Secret with `accessKeyId` and `secretAccessKey` for S3, mounted as files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_secret: Option<String>,
+    /// A ConfigMap holding the protobuf descriptor set (key `descriptors.pb`), mounted
+    /// for `schema.descriptorSet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptor_config_map: Option<String>,
+}
+
+/// What the operator observed about a SinkBinding.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkBindingStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, with a reason a person can act on (e.g. `PipelineNotFound`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Replicas passing readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// The Kafka consumer group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
+}

@@ -1,0 +1,49 @@
+//! The CRD YAML in `crds/generated/` is generated from the Rust types; this test fails
+//! when it is stale. Regenerate with `WEIR_UPDATE_CRDS=1 cargo test -p weir-crds --test generated`.
+
+use kube::CustomResourceExt;
+use weir_crds::resources::{IngestPipeline, SinkBinding};
+
+fn check(
+    file: &str,
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("generated")
+        .join(file);
+    let rendered = format!(
+        "# Generated from crds/src/resources.rs: do not edit.\n{}",
+        serde_yaml::to_string(&crd).unwrap()
+    );
+    if std::env::var_os("WEIR_UPDATE_CRDS").is_some() {
+        std::fs::write(&path, &rendered).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "{} is stale: run `WEIR_UPDATE_CRDS=1 cargo test -p weir-crds --test generated` and commit it",
+        path.display()
+    );
+}
+
+#[test]
+fn generated_crds_are_current() {
+    check("ingestpipelines.weir.dev.yaml", IngestPipeline::crd());
+    check("sinkbindings.weir.dev.yaml", SinkBinding::crd());
+}
+
+#[test]
+fn the_examples_are_valid_resources() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let pipeline: IngestPipeline =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap())
+            .expect("examples/pipeline.yaml is an IngestPipeline");
+    assert_eq!(pipeline.spec.pipeline.topics.len(), 3);
+    let sink: SinkBinding =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("sink.yaml")).unwrap())
+            .expect("examples/sink.yaml is a SinkBinding");
+    assert_eq!(sink.spec.pipeline_ref.name, "clickstream");
+    // Unknown keys: the API server prunes them (the schema is structural) and `weir`'s
+    // loaders reject them; serde's flatten cannot, so this type accepts them.
+}
