@@ -22,7 +22,7 @@ use weir::sink::audit::{AuditReport, audit};
 use weir::sink::upload::Storage;
 use weir_crds::SinkSpec;
 use weir_crds::pipeline::TopicSpec;
-use weir_crds::sink::{SinkMode, TypeSchema};
+use weir_crds::sink::{PayloadEncoding, SinkMode, TypeSchema};
 
 const TOPIC: &str = "clickstream-events-log";
 
@@ -243,31 +243,36 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn undecodable_payloads_go_to_dead_letters_with_the_reason() {
-    let kafka = kafka_with_topic(1);
-    let dir = tempfile::tempdir().unwrap();
-    let bootstrap = kafka.bootstrap_servers();
-    // A descriptor set: click events are shop.v1.Item in protobuf.
+/// A sink writing to `<dir>/data` whose click events decode as `shop.v1.Item`, from a
+/// descriptor set compiled from `tests/data/shop.proto` into `dir`.
+fn sink_spec_with_click_schema(bootstrap: &str, dir: &Path, encoding: PayloadEncoding) -> SinkSpec {
     let set = protox::compile(
         ["shop.proto"],
         [concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data")],
     )
     .unwrap();
-    let descriptor_path = dir.path().join("shop.pb");
+    let descriptor_path = dir.join("shop.pb");
     std::fs::write(&descriptor_path, set.encode_to_vec()).unwrap();
-    let data = dir.path().join("data");
-    let mut spec = sink_spec(&bootstrap, &data);
+    let mut spec = sink_spec(bootstrap, &dir.join("data"));
     spec.schema.descriptor_set = Some(descriptor_path.display().to_string());
     spec.schema.types.insert(
         "click".into(),
         TypeSchema {
             message: "shop.v1.Item".into(),
-            encoding: weir_crds::sink::PayloadEncoding::Protobuf,
+            encoding,
         },
     );
-    // Odd records are clicks; every JSON payload is invalid protobuf for Item? Not
-    // always, so the clicks get bytes that are certainly invalid.
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn undecodable_payloads_go_to_dead_letters_with_the_reason() {
+    let kafka = kafka_with_topic(1);
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let data = dir.path().join("data");
+    let spec = sink_spec_with_click_schema(&bootstrap, dir.path(), PayloadEncoding::Protobuf);
+    // Odd records are clicks, with bytes that are certainly not a protobuf Item.
     produce(&bootstrap, 0, 20, |i| {
         if i % 2 == 1 {
             vec![0xff, 0xff, 0xff, 0xff]
@@ -474,23 +479,8 @@ async fn dead_letters_can_go_to_a_topic_with_the_reason_header() {
     let kafka = kafka_with_topic(1);
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = kafka.bootstrap_servers();
-    let set = protox::compile(
-        ["shop.proto"],
-        [concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data")],
-    )
-    .unwrap();
-    let descriptor_path = dir.path().join("shop.pb");
-    std::fs::write(&descriptor_path, set.encode_to_vec()).unwrap();
     let data = dir.path().join("data");
-    let mut spec = sink_spec(&bootstrap, &data);
-    spec.schema.descriptor_set = Some(descriptor_path.display().to_string());
-    spec.schema.types.insert(
-        "click".into(),
-        TypeSchema {
-            message: "shop.v1.Item".into(),
-            encoding: weir_crds::sink::PayloadEncoding::Json,
-        },
-    );
+    let mut spec = sink_spec_with_click_schema(&bootstrap, dir.path(), PayloadEncoding::Json);
     spec.dead_letter.topic = Some("sink-dead-letters".into());
     produce(&bootstrap, 0, 4, json_payload).await;
     let sink = Sink::start(spec).await.unwrap();
