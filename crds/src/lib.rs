@@ -18,3 +18,25 @@ pub const WORKLOAD_KEY: &str = "workload";
 /// The key under a SinkBinding's `spec` naming its IngestPipeline; only the operator
 /// reads it.
 pub const PIPELINE_REF_KEY: &str = "pipelineRef";
+
+/// The CRD manifests generated from the types: `(file name, YAML)`, as committed in
+/// `crds/generated/` and printed by `weir-operator crds`.
+pub fn crd_manifests() -> Vec<(&'static str, String)> {
+    use kube::CustomResourceExt;
+    let render = |crd| {
+        format!(
+            "# Generated from crds/src/resources.rs: do not edit.\n{}",
+            serde_yaml::to_string(&crd).expect("CRDs serialize to YAML")
+        )
+    };
+    vec![
+        (
+            "ingestpipelines.weir.dev.yaml",
+            render(resources::IngestPipeline::crd()),
+        ),
+        (
+            "sinkbindings.weir.dev.yaml",
+            render(resources::SinkBinding::crd()),
+        ),
+    ]
+}

@@ -1,36 +1,24 @@
 //! The CRD YAML in `crds/generated/` is generated from the Rust types; this test fails
 //! when it is stale. Regenerate with `WEIR_UPDATE_CRDS=1 cargo test -p weir-crds --test generated`.
 
-use kube::CustomResourceExt;
 use weir_crds::resources::{IngestPipeline, SinkBinding};
-
-fn check(
-    file: &str,
-    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("generated")
-        .join(file);
-    let rendered = format!(
-        "# Generated from crds/src/resources.rs: do not edit.\n{}",
-        serde_yaml::to_string(&crd).unwrap()
-    );
-    if std::env::var_os("WEIR_UPDATE_CRDS").is_some() {
-        std::fs::write(&path, &rendered).unwrap();
-        return;
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == rendered,
-        "{} is stale: run `WEIR_UPDATE_CRDS=1 cargo test -p weir-crds --test generated` and commit it",
-        path.display()
-    );
-}
 
 #[test]
 fn generated_crds_are_current() {
-    check("ingestpipelines.weir.dev.yaml", IngestPipeline::crd());
-    check("sinkbindings.weir.dev.yaml", SinkBinding::crd());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("generated");
+    for (file, rendered) in weir_crds::crd_manifests() {
+        let path = dir.join(file);
+        if std::env::var_os("WEIR_UPDATE_CRDS").is_some() {
+            std::fs::write(&path, &rendered).unwrap();
+            continue;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == rendered,
+            "{} is stale: run `WEIR_UPDATE_CRDS=1 cargo test -p weir-crds --test generated` and commit it",
+            path.display()
+        );
+    }
 }
 
 #[test]

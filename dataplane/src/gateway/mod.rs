@@ -83,7 +83,7 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves an axum app until `stop`, letting requests in progress finish.
-pub(crate) fn serve_http(
+pub fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     stop: CancellationToken,

@@ -1,0 +1,118 @@
+//! `weir-operator`: run the controllers, render manifests offline, or print the CRDs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use weir::telemetry::LogFormat;
+use weir_operator::build::Defaults;
+use weir_operator::controller::Context;
+use weir_operator::metrics::Metrics;
+use weir_operator::render::{Manifests, to_yaml_stream};
+use weir_operator::run::{RunSettings, run};
+use weir_operator::topics::KafkaTopicAdmin;
+
+#[derive(Parser)]
+#[command(name = "weir-operator", version, about = "Weir's Kubernetes operator")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t, env = "WEIR_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reconcile IngestPipeline and SinkBinding resources (in a cluster).
+    Run {
+        /// Address of `/metrics`, `/healthz` and `/readyz`.
+        #[arg(long, env = "WEIR_OPERATOR_METRICS", default_value = "0.0.0.0:8080")]
+        metrics: SocketAddr,
+        /// Image of the gateway and sink pods when a resource names none.
+        #[arg(long, env = "WEIR_IMAGE")]
+        image: Option<String>,
+        /// Namespace of the leader Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Name of the leader Lease.
+        #[arg(long, default_value = "weir-operator-leader")]
+        lease_name: String,
+        /// This replica's identity in the Lease.
+        #[arg(long, env = "POD_NAME", default_value = "weir-operator")]
+        holder: String,
+        /// How long the Lease stays valid without renewal.
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        lease_ttl: Duration,
+    },
+    /// Print the objects the operator would apply for these manifests; no cluster needed.
+    Render {
+        /// Files with IngestPipeline and SinkBinding documents (other kinds are skipped).
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace of resources that name none.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Image of the gateway and sink pods when a resource names none.
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Print the CustomResourceDefinitions.
+    Crds,
+}
+
+fn defaults(image: Option<String>) -> Defaults {
+    let mut defaults = Defaults::default();
+    if let Some(image) = image {
+        defaults.image = image;
+    }
+    defaults
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => {
+            let manifests = weir_crds::crd_manifests();
+            let texts: Vec<_> = manifests.into_iter().map(|(_, text)| text).collect();
+            print!("{}", texts.join("---\n"));
+        }
+        Command::Render {
+            files,
+            namespace,
+            image,
+        } => {
+            let children = Manifests::read(&files, &namespace)?.children(&defaults(image))?;
+            print!("{}", to_yaml_stream(&children));
+        }
+        Command::Run {
+            metrics,
+            image,
+            lease_namespace,
+            lease_name,
+            holder,
+            lease_ttl,
+        } => {
+            weir::telemetry::init(cli.log_format);
+            let client = kube::Client::try_default().await?;
+            let ctx = Arc::new(Context::new(
+                client.clone(),
+                defaults(image),
+                Arc::new(KafkaTopicAdmin),
+                Metrics::new(),
+            ));
+            let settings = RunSettings {
+                metrics,
+                lease_namespace,
+                lease_name,
+                holder,
+                lease_ttl,
+            };
+            run(client, ctx, settings).await?;
+        }
+    }
+    Ok(())
+}
