@@ -23,7 +23,9 @@ pub struct PipelineSpec {
     /// How an event's type selects its Kafka topic.
     pub routing: RoutingSpec,
     /// Topics to create (or grow to the given partition count) before traffic flows.
+    /// Keyed by name, so a cluster can compare each topic with its previous version.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub topics: Vec<TopicSpec>,
     /// When a batch is acknowledged: after Kafka has every event (`sync`), or after the
     /// events are queued for Kafka (`async`).
@@ -98,6 +100,24 @@ impl Default for KafkaSpec {
 /// A topic to ensure exists.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.name.matches('^[a-zA-Z0-9._-]{1,249}$') && self.name != '.' && self.name != '..'",
+        "message": "a topic name is 1 to 249 letters, digits, '.', '_' or '-' (and not '.' or '..')"
+    },
+    {
+        "rule": "self.partitions >= 1",
+        "message": "partitions must be at least 1"
+    },
+    {
+        "rule": "!has(self.replicationFactor) || self.replicationFactor >= 1",
+        "message": "replicationFactor must be at least 1 (leave it out for the broker's default)"
+    },
+    {
+        "rule": "self.partitions >= oldSelf.partitions",
+        "message": "partitions can only grow: Kafka cannot remove partitions from a topic"
+    }
+]))]
 pub struct TopicSpec {
     /// Topic name.
     pub name: String,

@@ -1,0 +1,200 @@
+//! The builders' output: snapshots of every object for the examples and the variants
+//! (fixed replicas, scheduled sink), and the properties the snapshots cannot show.
+//! Update snapshots with `INSTA_UPDATE=always cargo test -p weir-operator --test builders`
+//! and review the diff.
+
+use weir_crds::resources::{IngestPipeline, SinkBinding};
+use weir_operator::build::{self, CONFIG_HASH, Child, Defaults};
+
+fn example<T: serde::de::DeserializeOwned>(file: &str) -> T {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(file);
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The examples as the API server returns them: namespaced, with a uid.
+fn pipeline() -> IngestPipeline {
+    let mut pipeline: IngestPipeline = example("pipeline.yaml");
+    pipeline.metadata.namespace = Some("analytics".into());
+    pipeline.metadata.uid = Some("0b5a2f7e-pipeline".into());
+    pipeline
+}
+
+fn binding() -> SinkBinding {
+    let mut binding: SinkBinding = example("sink.yaml");
+    binding.metadata.namespace = Some("analytics".into());
+    binding.metadata.uid = Some("7c1d9e04-binding".into());
+    binding
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        image: "registry.example/weir:test".into(),
+    }
+}
+
+fn json(children: &[Child]) -> Vec<serde_json::Value> {
+    children.iter().map(Child::to_json).collect()
+}
+
+fn pod_annotation(children: &[Child], kind: &str) -> String {
+    let object = children.iter().find(|c| c.kind() == kind).unwrap().to_json();
+    let template = if kind == "CronJob" {
+        &object["spec"]["jobTemplate"]["spec"]["template"]
+    } else {
+        &object["spec"]["template"]
+    };
+    template["metadata"]["annotations"][CONFIG_HASH]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn gateway_with_autoscaling() {
+    let children = build::gateway::build(&pipeline(), &defaults()).unwrap();
+    let kinds: Vec<_> = children.iter().map(Child::describe).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap/clickstream-gateway-config",
+            "ConfigMap/clickstream-gateway-routing",
+            "Deployment/clickstream-gateway",
+            "Service/clickstream-gateway",
+            "HorizontalPodAutoscaler/clickstream-gateway",
+            "PodDisruptionBudget/clickstream-gateway",
+        ]
+    );
+    insta::assert_yaml_snapshot!("gateway_autoscaling", json(&children));
+}
+
+#[test]
+fn gateway_with_one_fixed_replica_has_no_autoscaler_or_budget() {
+    let mut pipeline = pipeline();
+    pipeline.spec.workload.autoscaling = None;
+    pipeline.spec.workload.replicas = Some(1);
+    pipeline.spec.workload.kafka_secret = Some("kafka-credentials".into());
+    let children = build::gateway::build(&pipeline, &defaults()).unwrap();
+    assert!(
+        !children
+            .iter()
+            .any(|c| matches!(c.kind(), "HorizontalPodAutoscaler" | "PodDisruptionBudget"))
+    );
+    insta::assert_yaml_snapshot!("gateway_fixed", json(&children));
+}
+
+#[test]
+fn sink_as_a_deployment() {
+    let children = build::sink::build(&binding(), &pipeline(), &defaults()).unwrap();
+    insta::assert_yaml_snapshot!("sink_deployment", json(&children));
+}
+
+#[test]
+fn sink_on_a_schedule_with_descriptors() {
+    let mut binding = binding();
+    binding.spec.workload.schedule = Some("15 * * * *".into());
+    binding.spec.workload.descriptor_config_map = Some("click-descriptors".into());
+    let mut pipeline = pipeline();
+    pipeline.spec.workload.kafka_secret = Some("kafka-credentials".into());
+    let children = build::sink::build(&binding, &pipeline, &defaults()).unwrap();
+    assert_eq!(children[1].kind(), "CronJob");
+    insta::assert_yaml_snapshot!("sink_cronjob", json(&children));
+}
+
+#[test]
+fn routing_changes_reload_while_other_changes_roll_the_pods() {
+    let base = build::gateway::build(&pipeline(), &defaults()).unwrap();
+    let mut rerouted = pipeline();
+    rerouted.spec.pipeline.routing.rules[0].topic = "ads-v2".into();
+    let rerouted = build::gateway::build(&rerouted, &defaults()).unwrap();
+    assert_eq!(
+        pod_annotation(&base, "Deployment"),
+        pod_annotation(&rerouted, "Deployment"),
+        "a routing change must not restart the gateway"
+    );
+    assert_ne!(base[1], rerouted[1], "the routing ConfigMap carries the change");
+
+    let mut reconfigured = pipeline();
+    reconfigured.spec.pipeline.limits.max_events_per_batch = 500;
+    let reconfigured = build::gateway::build(&reconfigured, &defaults()).unwrap();
+    assert_ne!(
+        pod_annotation(&base, "Deployment"),
+        pod_annotation(&reconfigured, "Deployment")
+    );
+
+    let mut secret = pipeline();
+    secret.spec.workload.kafka_secret = Some("other".into());
+    let secret = build::gateway::build(&secret, &defaults()).unwrap();
+    assert_ne!(
+        pod_annotation(&base, "Deployment"),
+        pod_annotation(&secret, "Deployment")
+    );
+}
+
+#[test]
+fn sink_takes_kafka_from_its_pipeline_unless_it_names_its_own() {
+    let spec = build::sink::effective_spec(&binding(), &pipeline());
+    assert_eq!(spec.kafka.bootstrap_servers, "kafka:9092");
+    assert_eq!(spec.source.group_id, "clickstream-parquet");
+    assert_eq!(
+        spec.storage.access_key_id_file.as_deref(),
+        Some("/var/run/weir/storage/accessKeyId")
+    );
+
+    let mut own = binding();
+    own.spec.sink.kafka.bootstrap_servers = "other-kafka:9092".into();
+    own.spec.sink.source.group_id = weir_crds::sink::SourceSpec::default().group_id;
+    let spec = build::sink::effective_spec(&own, &pipeline());
+    assert_eq!(spec.kafka.bootstrap_servers, "other-kafka:9092");
+    assert_eq!(
+        spec.source.group_id, "weir-sink.analytics.clickstream-parquet",
+        "two bindings keeping the default group must not share it"
+    );
+}
+
+#[test]
+fn every_child_is_owned_and_labelled_by_weir_not_by_the_resource() {
+    let mut pipeline = pipeline();
+    pipeline.metadata.labels = Some([("team".to_string(), "growth".to_string())].into());
+    let children = build::gateway::build(&pipeline, &defaults()).unwrap();
+    for child in &children {
+        let meta = child.meta();
+        let owners = meta.owner_references.as_ref().unwrap();
+        assert_eq!(owners[0].uid, "0b5a2f7e-pipeline");
+        assert_eq!(owners[0].controller, Some(true));
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[build::OWNER_LABEL], "ingestpipeline.clickstream");
+        assert!(!labels.contains_key("team"), "{}", child.describe());
+        assert!(child.applied_hash().is_some());
+    }
+}
+
+#[test]
+fn specs_a_cluster_cannot_run_are_refused_naming_the_field() {
+    let error = |p: &IngestPipeline| build::gateway::build(p, &defaults()).unwrap_err().to_string();
+
+    let mut any_port = pipeline();
+    any_port.spec.pipeline.listen.http = "0.0.0.0:0".into();
+    assert!(error(&any_port).starts_with("spec.listen.http: port 0"), "{}", error(&any_port));
+
+    let mut routing_file = pipeline();
+    routing_file.spec.pipeline.routing.file = Some("/tmp/routes.yaml".into());
+    assert!(error(&routing_file).starts_with("spec.routing.file:"));
+
+    let mut long = pipeline();
+    long.metadata.name = Some("x".repeat(60));
+    assert!(error(&long).contains("longer than 63"), "{}", error(&long));
+
+    let mut bad_dead_letter = pipeline();
+    bad_dead_letter.spec.pipeline.routing.dead_letter_topic = None;
+    assert!(error(&bad_dead_letter).contains("deadLetterTopic"), "{}", error(&bad_dead_letter));
+
+    let mut local = binding();
+    local.spec.sink.storage.url = "./weir-data".into();
+    let message = build::sink::build(&local, &pipeline(), &defaults())
+        .unwrap_err()
+        .to_string();
+    assert!(message.starts_with("spec.storage.url:"), "{message}");
+    assert!(message.contains("s3://"), "{message}");
+}
