@@ -31,6 +31,8 @@ use crate::{PipelineSpec, SinkSpec};
     kind = "IngestPipeline",
     namespaced,
     status = "IngestPipelineStatus",
+    derive = "Default",
+    derive = "PartialEq",
     shortname = "ipl",
     category = "weir",
     printcolumn(
@@ -168,6 +170,8 @@ pub struct IngestPipelineStatus {
     kind = "SinkBinding",
     namespaced,
     status = "SinkBindingStatus",
+    derive = "Default",
+    derive = "PartialEq",
     shortname = "snk",
     category = "weir",
     printcolumn(

@@ -1,0 +1,492 @@
+//! The reconcilers against a stateful fake API server (kube-fake-client): create,
+//! update with pruning, no-op with zero writes, status conditions, Kafka failures,
+//! invalid specs, a binding whose pipeline is missing and then appears, and deletion
+//! cleanup through owner references.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource};
+use kube_fake_client::{ClientBuilder, interceptor};
+use serde_json::json;
+use weir_crds::pipeline::{KafkaSpec, TopicSpec};
+use weir_crds::resources::{IngestPipeline, SinkBinding};
+use weir_operator::build::Defaults;
+use weir_operator::controller::{Context, reconcile_pipeline, reconcile_sink};
+use weir_operator::metrics::Metrics;
+use weir_operator::topics::TopicAdmin;
+
+const NS: &str = "analytics";
+
+/// Records the topic lists it is asked for; fails while `fail` is set.
+#[derive(Default)]
+struct FakeAdmin {
+    calls: Mutex<Vec<Vec<String>>>,
+    fail: Mutex<Option<String>>,
+}
+
+impl TopicAdmin for FakeAdmin {
+    fn ensure<'a>(
+        &'a self,
+        _kafka: &'a KafkaSpec,
+        topics: &'a [TopicSpec],
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(topics.iter().map(|t| t.name.clone()).collect());
+            match self.fail.lock().unwrap().clone() {
+                Some(error) => Err(error),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+struct Harness {
+    client: Client,
+    ctx: Arc<Context>,
+    admin: Arc<FakeAdmin>,
+    /// Every create, patch, update and delete the API received.
+    writes: Arc<AtomicUsize>,
+}
+
+fn example<T: serde::de::DeserializeOwned>(file: &str) -> T {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(file);
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn example_pipeline() -> IngestPipeline {
+    let mut pipeline: IngestPipeline = example("pipeline.yaml");
+    pipeline.metadata.namespace = Some(NS.into());
+    pipeline
+}
+
+fn example_binding() -> SinkBinding {
+    let mut binding: SinkBinding = example("sink.yaml");
+    binding.metadata.namespace = Some(NS.into());
+    binding
+}
+
+async fn harness() -> Harness {
+    let writes = Arc::new(AtomicUsize::new(0));
+    let count = |w: &Arc<AtomicUsize>| {
+        let w = w.clone();
+        move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let (c, p, u, r, d, ps) = (
+        count(&writes),
+        count(&writes),
+        count(&writes),
+        count(&writes),
+        count(&writes),
+        count(&writes),
+    );
+    let client = ClientBuilder::new()
+        .with_resource::<IngestPipeline>()
+        .with_resource::<SinkBinding>()
+        .with_status_subresource::<IngestPipeline>()
+        .with_status_subresource::<SinkBinding>()
+        .with_status_subresource::<Deployment>()
+        .with_interceptor_funcs(
+            interceptor::Funcs::new()
+                .create(move |_| {
+                    c();
+                    Ok(None)
+                })
+                .patch(move |_| {
+                    p();
+                    Ok(None)
+                })
+                .update(move |_| {
+                    u();
+                    Ok(None)
+                })
+                .replace(move |_| {
+                    r();
+                    Ok(None)
+                })
+                .delete(move |_| {
+                    d();
+                    Ok(None)
+                })
+                .patch_status(move |_| {
+                    ps();
+                    Ok(None)
+                }),
+        )
+        .build()
+        .await
+        .unwrap();
+    let admin = Arc::new(FakeAdmin::default());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Defaults {
+            image: "registry.example/weir:test".into(),
+        },
+        admin.clone(),
+        Metrics::new(),
+    ));
+    Harness {
+        client,
+        ctx,
+        admin,
+        writes,
+    }
+}
+
+impl Harness {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn create<K>(&self, object: &K) -> K
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        self.api::<K>()
+            .create(&PostParams::default(), object)
+            .await
+            .unwrap()
+    }
+
+    /// Reconciles the pipeline as the controller would: the live object, then the call.
+    async fn reconcile_pipeline(&self, name: &str) -> IngestPipeline {
+        let live = self.api::<IngestPipeline>().get(name).await.unwrap();
+        reconcile_pipeline(Arc::new(live), self.ctx.clone())
+            .await
+            .unwrap();
+        self.api::<IngestPipeline>().get(name).await.unwrap()
+    }
+
+    async fn reconcile_sink(&self, name: &str) -> SinkBinding {
+        let live = self.api::<SinkBinding>().get(name).await.unwrap();
+        reconcile_sink(Arc::new(live), self.ctx.clone()).await.unwrap();
+        self.api::<SinkBinding>().get(name).await.unwrap()
+    }
+
+    async fn names<K>(&self) -> Vec<String>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+    {
+        let mut names: Vec<String> = self
+            .api::<K>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|o| o.meta().name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Marks the Deployment's pods ready, as the Deployment controller would.
+    async fn set_ready(&self, deployment: &str, ready: i32) {
+        self.api::<Deployment>()
+            .patch_status(
+                deployment,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"readyReplicas": ready, "replicas": ready}})),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+fn condition<'a>(
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {conditions:?}"))
+}
+
+#[tokio::test]
+async fn pipeline_create_then_noop_then_ready() {
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+
+    let pipeline = h.reconcile_pipeline("clickstream").await;
+    assert_eq!(
+        h.names::<ConfigMap>().await,
+        ["clickstream-gateway-config", "clickstream-gateway-routing"]
+    );
+    assert_eq!(h.names::<Deployment>().await, ["clickstream-gateway"]);
+    assert_eq!(h.names::<Service>().await, ["clickstream-gateway"]);
+    assert_eq!(h.names::<HorizontalPodAutoscaler>().await, ["clickstream-gateway"]);
+    assert_eq!(h.names::<PodDisruptionBudget>().await, ["clickstream-gateway"]);
+    assert_eq!(
+        h.admin.calls.lock().unwrap().as_slice(),
+        [vec!["clickstream-page_view-log", "ads", "weir-dead-letter"]]
+    );
+
+    let status = pipeline.status.clone().unwrap();
+    assert_eq!(status.observed_generation, pipeline.metadata.generation);
+    assert_eq!(status.replicas, Some(2));
+    assert_eq!(status.ready_replicas, Some(0));
+    assert_eq!(status.endpoint.as_deref(), Some("clickstream-gateway.analytics.svc:80"));
+    assert_eq!(status.topics_ensured.len(), 3);
+    assert!(status.selector.unwrap().contains("app.kubernetes.io/instance=clickstream"));
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Progressing"));
+    assert_eq!(ready.observed_generation, pipeline.metadata.generation);
+    assert_eq!(condition(&status.conditions, "TopicsEnsured").status, "True");
+
+    // Nothing changed: the reconcile reads but writes nothing, and Kafka is not asked again.
+    let before = h.writes();
+    let again = h.reconcile_pipeline("clickstream").await;
+    assert_eq!(h.writes(), before, "a no-op reconcile must not write");
+    assert_eq!(again.status, pipeline.status);
+    assert_eq!(h.admin.calls.lock().unwrap().len(), 1);
+
+    // The pods become ready: only the status changes.
+    h.set_ready("clickstream-gateway", 2).await;
+    let before = h.writes();
+    let ready = h.reconcile_pipeline("clickstream").await;
+    assert_eq!(
+        h.writes(),
+        before + 2,
+        "one status write and one Event for Ready turning True"
+    );
+    let events = h
+        .api::<k8s_openapi::api::events::v1::Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let reasons: Vec<_> = events.items.iter().filter_map(|e| e.reason.clone()).collect();
+    assert!(reasons.contains(&"Available".to_string()), "{reasons:?}");
+    assert!(reasons.contains(&"Progressing".to_string()), "{reasons:?}");
+    let status = ready.status.unwrap();
+    let condition = condition(&status.conditions, "Ready");
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "Available"));
+    assert_eq!(status.ready_replicas, Some(2));
+}
+
+#[tokio::test]
+async fn pipeline_update_prunes_what_the_spec_no_longer_needs() {
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+    h.reconcile_pipeline("clickstream").await;
+
+    let mut live = h.api::<IngestPipeline>().get("clickstream").await.unwrap();
+    live.spec.workload.autoscaling = None;
+    live.spec.workload.replicas = Some(1);
+    h.api::<IngestPipeline>()
+        .replace("clickstream", &PostParams::default(), &live)
+        .await
+        .unwrap();
+    let pipeline = h.reconcile_pipeline("clickstream").await;
+
+    assert!(h.names::<HorizontalPodAutoscaler>().await.is_empty());
+    assert!(h.names::<PodDisruptionBudget>().await.is_empty());
+    let deployment = h.api::<Deployment>().get("clickstream-gateway").await.unwrap();
+    assert_eq!(deployment.spec.unwrap().replicas, Some(1));
+    let status = pipeline.status.unwrap();
+    assert_eq!(status.replicas, Some(1));
+    assert_eq!(status.observed_generation, pipeline.metadata.generation);
+}
+
+#[tokio::test]
+async fn routing_change_updates_the_routing_map_but_not_the_pods() {
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+    h.reconcile_pipeline("clickstream").await;
+    let template = |d: Deployment| serde_json::to_value(d.spec.unwrap().template).unwrap();
+    let before = template(h.api::<Deployment>().get("clickstream-gateway").await.unwrap());
+
+    let mut live = h.api::<IngestPipeline>().get("clickstream").await.unwrap();
+    live.spec.pipeline.routing.rules[0].topic = "ads-v2".into();
+    h.api::<IngestPipeline>()
+        .replace("clickstream", &PostParams::default(), &live)
+        .await
+        .unwrap();
+    h.reconcile_pipeline("clickstream").await;
+
+    let after = template(h.api::<Deployment>().get("clickstream-gateway").await.unwrap());
+    assert_eq!(before, after, "the pod template must not change");
+    let routing = h
+        .api::<ConfigMap>()
+        .get("clickstream-gateway-routing")
+        .await
+        .unwrap();
+    assert!(routing.data.unwrap()["routing.yaml"].contains("ads-v2"));
+}
+
+#[tokio::test]
+async fn kafka_failure_sets_conditions_and_retries_kafka_next_time() {
+    let h = harness().await;
+    *h.admin.fail.lock().unwrap() = Some("broker transport failure".into());
+    h.create(&example_pipeline()).await;
+    let pipeline = h.reconcile_pipeline("clickstream").await;
+    let status = pipeline.status.unwrap();
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "TopicsFailed"));
+    let topics = condition(&status.conditions, "TopicsEnsured");
+    assert_eq!(topics.status, "False");
+    assert!(topics.message.contains("kafka:9092"), "{}", topics.message);
+    assert!(topics.message.contains("broker transport failure"), "{}", topics.message);
+    assert!(status.topics_ensured.is_empty());
+
+    *h.admin.fail.lock().unwrap() = None;
+    let pipeline = h.reconcile_pipeline("clickstream").await;
+    assert_eq!(h.admin.calls.lock().unwrap().len(), 2);
+    let status = pipeline.status.unwrap();
+    assert_eq!(condition(&status.conditions, "TopicsEnsured").status, "True");
+    assert_eq!(condition(&status.conditions, "Ready").reason, "Progressing");
+}
+
+#[tokio::test]
+async fn invalid_spec_is_reported_and_leaves_children_alone() {
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+    h.reconcile_pipeline("clickstream").await;
+    let before = h.names::<ConfigMap>().await;
+
+    let mut live = h.api::<IngestPipeline>().get("clickstream").await.unwrap();
+    live.spec.pipeline.listen.grpc = "0.0.0.0:0".into();
+    h.api::<IngestPipeline>()
+        .replace("clickstream", &PostParams::default(), &live)
+        .await
+        .unwrap();
+    let pipeline = h.reconcile_pipeline("clickstream").await;
+    let status = pipeline.status.unwrap();
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+    assert!(ready.message.starts_with("spec.listen.grpc:"), "{}", ready.message);
+    assert_eq!(h.names::<ConfigMap>().await, before);
+    assert_eq!(h.names::<Deployment>().await, ["clickstream-gateway"]);
+}
+
+#[tokio::test]
+async fn binding_waits_for_its_pipeline_and_recovers_when_it_appears() {
+    let h = harness().await;
+    h.create(&example_binding()).await;
+    let binding = h.reconcile_sink("clickstream-parquet").await;
+    let status = binding.status.unwrap();
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "PipelineNotFound"));
+    assert!(ready.message.contains("analytics/clickstream"), "{}", ready.message);
+    assert!(h.names::<Deployment>().await.is_empty());
+
+    // Still missing: nothing to write.
+    let before = h.writes();
+    h.reconcile_sink("clickstream-parquet").await;
+    assert_eq!(h.writes(), before);
+
+    h.create(&example_pipeline()).await;
+    let binding = h.reconcile_sink("clickstream-parquet").await;
+    assert_eq!(h.names::<Deployment>().await, ["clickstream-parquet-sink"]);
+    assert_eq!(h.names::<ConfigMap>().await, ["clickstream-parquet-sink-config"]);
+    let config = h
+        .api::<ConfigMap>()
+        .get("clickstream-parquet-sink-config")
+        .await
+        .unwrap();
+    assert!(
+        config.data.unwrap()["sink.yaml"].contains("bootstrapServers: kafka:9092"),
+        "the sink reads the pipeline's Kafka cluster"
+    );
+    let status = binding.status.unwrap();
+    assert_eq!(status.consumer_group.as_deref(), Some("clickstream-parquet"));
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!(ready.reason, "Progressing");
+
+    h.set_ready("clickstream-parquet-sink", 2).await;
+    let status = h.reconcile_sink("clickstream-parquet").await.status.unwrap();
+    assert_eq!(condition(&status.conditions, "Ready").status, "True");
+    assert_eq!(status.ready_replicas, Some(2));
+}
+
+#[tokio::test]
+async fn a_schedule_turns_the_sink_into_a_cronjob() {
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+    h.create(&example_binding()).await;
+    h.reconcile_sink("clickstream-parquet").await;
+    assert_eq!(h.names::<Deployment>().await, ["clickstream-parquet-sink"]);
+
+    let mut live = h.api::<SinkBinding>().get("clickstream-parquet").await.unwrap();
+    live.spec.workload.schedule = Some("0 * * * *".into());
+    h.api::<SinkBinding>()
+        .replace("clickstream-parquet", &PostParams::default(), &live)
+        .await
+        .unwrap();
+    let binding = h.reconcile_sink("clickstream-parquet").await;
+    assert!(h.names::<Deployment>().await.is_empty(), "the Deployment is pruned");
+    let cronjob = h.api::<CronJob>().get("clickstream-parquet-sink").await.unwrap();
+    let job = cronjob.spec.unwrap();
+    assert_eq!(job.schedule, "0 * * * *");
+    let args = job.job_template.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(args.contains(&"--batch".to_string()));
+    let status = binding.status.unwrap();
+    assert_eq!(condition(&status.conditions, "Ready").reason, "Scheduled");
+    assert_eq!(status.ready_replicas, None);
+}
+
+#[tokio::test]
+async fn deleting_a_pipeline_deletes_its_children() {
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+    h.reconcile_pipeline("clickstream").await;
+    assert!(!h.names::<Deployment>().await.is_empty());
+
+    h.api::<IngestPipeline>()
+        .delete("clickstream", &DeleteParams::background())
+        .await
+        .unwrap();
+    // Kubernetes' garbage collector follows the owner references (as the fake does).
+    assert!(h.names::<ConfigMap>().await.is_empty());
+    assert!(h.names::<Deployment>().await.is_empty());
+    assert!(h.names::<Service>().await.is_empty());
+    assert!(h.names::<HorizontalPodAutoscaler>().await.is_empty());
+    assert!(h.names::<PodDisruptionBudget>().await.is_empty());
+}
+
+#[tokio::test]
+async fn reconciles_and_writes_are_counted() {
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+    h.reconcile_pipeline("clickstream").await;
+    let metrics = weir::gateway::metrics::render(&h.ctx.metrics.registry);
+    assert!(
+        metrics.contains(r#"weir_operator_reconciles_total{kind="IngestPipeline",result="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"weir_operator_writes_total{kind="Deployment",operation="apply"} 1"#),
+        "{metrics}"
+    );
+}
