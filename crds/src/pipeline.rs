@@ -74,7 +74,8 @@ pub struct KafkaSpec {
     pub bootstrap_servers: String,
     /// librdkafka properties passed through unchanged (for example `compression.type`,
     /// `linger.ms`, `security.protocol`). They override Weir's defaults.
-    /// Numbers and booleans are accepted and passed on as text.
+    /// Numbers and booleans are accepted in a file and passed on as text; in a cluster
+    /// the API server takes text only, so quote them (`linger.ms: "5"`).
     #[serde(
         skip_serializing_if = "BTreeMap::is_empty",
         deserialize_with = "scalar_map"
@@ -127,7 +128,7 @@ pub struct TopicSpec {
     /// Replication factor; unset uses the broker's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_factor: Option<i32>,
-    /// Topic-level configs (for example `retention.ms`).
+    /// Topic-level configs (for example `retention.ms`; quote numbers in a cluster).
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
