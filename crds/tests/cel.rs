@@ -37,13 +37,21 @@ fn pipelines() -> Value {
 
 #[test]
 fn the_examples_pass_every_rule() {
-    assert_eq!(broken(&pipelines(), &example("pipeline.yaml"), None), Vec::<String>::new());
+    assert_eq!(
+        broken(&pipelines(), &example("pipeline.yaml"), None),
+        Vec::<String>::new()
+    );
     let sinks = schema("sinkbindings.weir.dev.yaml");
-    assert_eq!(broken(&sinks, &example("sink.yaml"), None), Vec::<String>::new());
+    assert_eq!(
+        broken(&sinks, &example("sink.yaml"), None),
+        Vec::<String>::new()
+    );
 }
 
 fn with(mut object: Value, pointer: &str, value: Value) -> Value {
-    *object.pointer_mut(pointer).unwrap_or_else(|| panic!("{pointer} exists")) = value;
+    *object
+        .pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("{pointer} exists")) = value;
     object
 }
 
@@ -90,21 +98,30 @@ fn topic_names_follow_kafka_syntax() {
             "/spec/topics",
             json!([{"name": bad, "partitions": 3}]),
         );
-        assert_refused(broken(&pipelines(), &object, None), "a topic name is 1 to 249");
+        assert_refused(
+            broken(&pipelines(), &object, None),
+            "a topic name is 1 to 249",
+        );
     }
     let object = with(
         example("pipeline.yaml"),
         "/spec/topics",
         json!([{"name": "Good.topic_name-1", "partitions": 0}]),
     );
-    assert_refused(broken(&pipelines(), &object, None), "partitions must be at least 1");
+    assert_refused(
+        broken(&pipelines(), &object, None),
+        "partitions must be at least 1",
+    );
 }
 
 #[test]
 fn partitions_can_grow_but_never_shrink() {
     let old = example("pipeline.yaml");
     let grown = with(old.clone(), "/spec/topics/0/partitions", json!(12));
-    assert_eq!(broken(&pipelines(), &grown, Some(&old)), Vec::<String>::new());
+    assert_eq!(
+        broken(&pipelines(), &grown, Some(&old)),
+        Vec::<String>::new()
+    );
     let shrunk = with(old.clone(), "/spec/topics/0/partitions", json!(2));
     assert_refused(
         broken(&pipelines(), &shrunk, Some(&old)),
@@ -116,12 +133,18 @@ fn partitions_can_grow_but_never_shrink() {
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "new-topic", "partitions": 1}));
-    assert_eq!(broken(&pipelines(), &added, Some(&old)), Vec::<String>::new());
+    assert_eq!(
+        broken(&pipelines(), &added, Some(&old)),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn a_sink_must_name_its_pipeline() {
     let sinks = schema("sinkbindings.weir.dev.yaml");
     let object = with(example("sink.yaml"), "/spec/pipelineRef/name", json!(""));
-    assert_refused(broken(&sinks, &object, None), "pipelineRef.name must name an IngestPipeline");
+    assert_refused(
+        broken(&sinks, &object, None),
+        "pipelineRef.name must name an IngestPipeline",
+    );
 }

@@ -11,13 +11,13 @@
 
 use std::fmt::Debug;
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use k8s_openapi::NamespaceResourceScope;
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -61,8 +61,12 @@ impl Applier<'_> {
                 Child::ConfigMap(_) => self.apply::<ConfigMap>(owner, child).await?,
                 Child::Deployment(_) => self.apply::<Deployment>(owner, child).await?,
                 Child::Service(_) => self.apply::<Service>(owner, child).await?,
-                Child::HorizontalPodAutoscaler(_) => self.apply::<HorizontalPodAutoscaler>(owner, child).await?,
-                Child::PodDisruptionBudget(_) => self.apply::<PodDisruptionBudget>(owner, child).await?,
+                Child::HorizontalPodAutoscaler(_) => {
+                    self.apply::<HorizontalPodAutoscaler>(owner, child).await?
+                }
+                Child::PodDisruptionBudget(_) => {
+                    self.apply::<PodDisruptionBudget>(owner, child).await?
+                }
                 Child::CronJob(_) => self.apply::<CronJob>(owner, child).await?,
             };
             if applied {

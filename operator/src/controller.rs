@@ -191,7 +191,10 @@ async fn publish_transitions<K: Resource<DynamicType = ()>>(
             resource,
             EventType::Normal,
             "Pruned",
-            format!("deleted objects the spec no longer needs: {}", report.pruned.join(", ")),
+            format!(
+                "deleted objects the spec no longer needs: {}",
+                report.pruned.join(", ")
+            ),
         )
         .await;
     }
@@ -205,8 +208,13 @@ async fn publish_transitions<K: Resource<DynamicType = ()>>(
         } else {
             EventType::Warning
         };
-        ctx.publish(resource, type_, &condition.reason, condition.message.clone())
-            .await;
+        ctx.publish(
+            resource,
+            type_,
+            &condition.reason,
+            condition.message.clone(),
+        )
+        .await;
     }
 }
 
@@ -354,9 +362,17 @@ async fn reconcile_pipeline_inner(
             }
         }
     }
-    status.conditions = status::merge_conditions(&previous.conditions, &observed, generation, &now());
+    status.conditions =
+        status::merge_conditions(&previous.conditions, &observed, generation, &now());
     write_status(ctx, pipeline, live.as_ref(), &status).await?;
-    publish_transitions(ctx, pipeline, &report, &previous.conditions, &status.conditions).await;
+    publish_transitions(
+        ctx,
+        pipeline,
+        &report,
+        &previous.conditions,
+        &status.conditions,
+    )
+    .await;
     Ok(Action::requeue(requeue))
 }
 
@@ -443,9 +459,17 @@ async fn reconcile_sink_inner(binding: &SinkBinding, ctx: &Context) -> Result<Ac
             }
         },
     };
-    status.conditions = status::merge_conditions(&previous.conditions, &[ready], generation, &now());
+    status.conditions =
+        status::merge_conditions(&previous.conditions, &[ready], generation, &now());
     write_status(ctx, binding, live.as_ref(), &status).await?;
-    publish_transitions(ctx, binding, &report, &previous.conditions, &status.conditions).await;
+    publish_transitions(
+        ctx,
+        binding,
+        &report,
+        &previous.conditions,
+        &status.conditions,
+    )
+    .await;
     Ok(Action::requeue(requeue))
 }
 

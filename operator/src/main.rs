@@ -18,7 +18,13 @@ use weir_operator::topics::KafkaTopicAdmin;
 #[command(name = "weir-operator", version, about = "Weir's Kubernetes operator")]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t, env = "WEIR_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "WEIR_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

@@ -20,7 +20,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let reconciles = IntCounterVec::new(
-            Opts::new("weir_operator_reconciles_total", "Reconciles by kind and result."),
+            Opts::new(
+                "weir_operator_reconciles_total",
+                "Reconciles by kind and result.",
+            ),
             &["kind", "result"],
         )
         .expect("valid metric");

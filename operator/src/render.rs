@@ -59,8 +59,8 @@ impl Manifests {
                     index: index + 1,
                     message,
                 };
-                let value = serde_yaml::Value::deserialize(document)
-                    .map_err(|e| parse(e.to_string()))?;
+                let value =
+                    serde_yaml::Value::deserialize(document).map_err(|e| parse(e.to_string()))?;
                 match value.get("kind").and_then(|k| k.as_str()) {
                     Some("IngestPipeline") => {
                         let mut pipeline: IngestPipeline =

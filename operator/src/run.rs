@@ -122,7 +122,10 @@ async fn pipelines(client: &Client, ctx: Arc<Context>) {
     .owns(Api::<ConfigMap>::all(client.clone()), managed())
     .owns(Api::<Deployment>::all(client.clone()), managed())
     .owns(Api::<Service>::all(client.clone()), managed())
-    .owns(Api::<HorizontalPodAutoscaler>::all(client.clone()), managed())
+    .owns(
+        Api::<HorizontalPodAutoscaler>::all(client.clone()),
+        managed(),
+    )
     .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed())
     .shutdown_on_signal()
     .run(reconcile_pipeline, error_policy, ctx)

@@ -138,7 +138,12 @@ mod tests {
         assert_eq!(second[0].last_transition_time, at(10));
         assert_eq!(second[0].observed_generation, Some(2));
 
-        let third = merge_conditions(&second, &[workload_ready("gateway", 3, 3)], Some(2), &at(30));
+        let third = merge_conditions(
+            &second,
+            &[workload_ready("gateway", 3, 3)],
+            Some(2),
+            &at(30),
+        );
         assert_eq!(third[0].status, "True");
         assert_eq!(third[0].reason, "Available");
         assert_eq!(third[0].last_transition_time, at(30));

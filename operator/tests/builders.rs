@@ -39,7 +39,11 @@ fn json(children: &[Child]) -> Vec<serde_json::Value> {
 }
 
 fn pod_annotation(children: &[Child], kind: &str) -> String {
-    let object = children.iter().find(|c| c.kind() == kind).unwrap().to_json();
+    let object = children
+        .iter()
+        .find(|c| c.kind() == kind)
+        .unwrap()
+        .to_json();
     let template = if kind == "CronJob" {
         &object["spec"]["jobTemplate"]["spec"]["template"]
     } else {
@@ -113,7 +117,10 @@ fn routing_changes_reload_while_other_changes_roll_the_pods() {
         pod_annotation(&rerouted, "Deployment"),
         "a routing change must not restart the gateway"
     );
-    assert_ne!(base[1], rerouted[1], "the routing ConfigMap carries the change");
+    assert_ne!(
+        base[1], rerouted[1],
+        "the routing ConfigMap carries the change"
+    );
 
     let mut reconfigured = pipeline();
     reconfigured.spec.pipeline.limits.max_events_per_batch = 500;
@@ -172,11 +179,19 @@ fn every_child_is_owned_and_labelled_by_weir_not_by_the_resource() {
 
 #[test]
 fn specs_a_cluster_cannot_run_are_refused_naming_the_field() {
-    let error = |p: &IngestPipeline| build::gateway::build(p, &defaults()).unwrap_err().to_string();
+    let error = |p: &IngestPipeline| {
+        build::gateway::build(p, &defaults())
+            .unwrap_err()
+            .to_string()
+    };
 
     let mut any_port = pipeline();
     any_port.spec.pipeline.listen.http = "0.0.0.0:0".into();
-    assert!(error(&any_port).starts_with("spec.listen.http: port 0"), "{}", error(&any_port));
+    assert!(
+        error(&any_port).starts_with("spec.listen.http: port 0"),
+        "{}",
+        error(&any_port)
+    );
 
     let mut routing_file = pipeline();
     routing_file.spec.pipeline.routing.file = Some("/tmp/routes.yaml".into());
@@ -188,7 +203,11 @@ fn specs_a_cluster_cannot_run_are_refused_naming_the_field() {
 
     let mut bad_dead_letter = pipeline();
     bad_dead_letter.spec.pipeline.routing.dead_letter_topic = None;
-    assert!(error(&bad_dead_letter).contains("deadLetterTopic"), "{}", error(&bad_dead_letter));
+    assert!(
+        error(&bad_dead_letter).contains("deadLetterTopic"),
+        "{}",
+        error(&bad_dead_letter)
+    );
 
     let mut local = binding();
     local.spec.sink.storage.url = "./weir-data".into();

@@ -180,7 +180,9 @@ impl Harness {
 
     async fn reconcile_sink(&self, name: &str) -> SinkBinding {
         let live = self.api::<SinkBinding>().get(name).await.unwrap();
-        reconcile_sink(Arc::new(live), self.ctx.clone()).await.unwrap();
+        reconcile_sink(Arc::new(live), self.ctx.clone())
+            .await
+            .unwrap();
         self.api::<SinkBinding>().get(name).await.unwrap()
     }
 
@@ -243,8 +245,14 @@ async fn pipeline_create_then_noop_then_ready() {
     );
     assert_eq!(h.names::<Deployment>().await, ["clickstream-gateway"]);
     assert_eq!(h.names::<Service>().await, ["clickstream-gateway"]);
-    assert_eq!(h.names::<HorizontalPodAutoscaler>().await, ["clickstream-gateway"]);
-    assert_eq!(h.names::<PodDisruptionBudget>().await, ["clickstream-gateway"]);
+    assert_eq!(
+        h.names::<HorizontalPodAutoscaler>().await,
+        ["clickstream-gateway"]
+    );
+    assert_eq!(
+        h.names::<PodDisruptionBudget>().await,
+        ["clickstream-gateway"]
+    );
     assert_eq!(
         h.admin.calls.lock().unwrap().as_slice(),
         [vec!["clickstream-page_view-log", "ads", "weir-dead-letter"]]
@@ -254,13 +262,27 @@ async fn pipeline_create_then_noop_then_ready() {
     assert_eq!(status.observed_generation, pipeline.metadata.generation);
     assert_eq!(status.replicas, Some(2));
     assert_eq!(status.ready_replicas, Some(0));
-    assert_eq!(status.endpoint.as_deref(), Some("clickstream-gateway.analytics.svc:80"));
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("clickstream-gateway.analytics.svc:80")
+    );
     assert_eq!(status.topics_ensured.len(), 3);
-    assert!(status.selector.unwrap().contains("app.kubernetes.io/instance=clickstream"));
+    assert!(
+        status
+            .selector
+            .unwrap()
+            .contains("app.kubernetes.io/instance=clickstream")
+    );
     let ready = condition(&status.conditions, "Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Progressing"));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Progressing")
+    );
     assert_eq!(ready.observed_generation, pipeline.metadata.generation);
-    assert_eq!(condition(&status.conditions, "TopicsEnsured").status, "True");
+    assert_eq!(
+        condition(&status.conditions, "TopicsEnsured").status,
+        "True"
+    );
 
     // Nothing changed: the reconcile reads but writes nothing, and Kafka is not asked again.
     let before = h.writes();
@@ -283,12 +305,19 @@ async fn pipeline_create_then_noop_then_ready() {
         .list(&ListParams::default())
         .await
         .unwrap();
-    let reasons: Vec<_> = events.items.iter().filter_map(|e| e.reason.clone()).collect();
+    let reasons: Vec<_> = events
+        .items
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
     assert!(reasons.contains(&"Available".to_string()), "{reasons:?}");
     assert!(reasons.contains(&"Progressing".to_string()), "{reasons:?}");
     let status = ready.status.unwrap();
     let condition = condition(&status.conditions, "Ready");
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "Available"));
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "Available")
+    );
     assert_eq!(status.ready_replicas, Some(2));
 }
 
@@ -309,7 +338,11 @@ async fn pipeline_update_prunes_what_the_spec_no_longer_needs() {
 
     assert!(h.names::<HorizontalPodAutoscaler>().await.is_empty());
     assert!(h.names::<PodDisruptionBudget>().await.is_empty());
-    let deployment = h.api::<Deployment>().get("clickstream-gateway").await.unwrap();
+    let deployment = h
+        .api::<Deployment>()
+        .get("clickstream-gateway")
+        .await
+        .unwrap();
     assert_eq!(deployment.spec.unwrap().replicas, Some(1));
     let status = pipeline.status.unwrap();
     assert_eq!(status.replicas, Some(1));
@@ -322,7 +355,12 @@ async fn routing_change_updates_the_routing_map_but_not_the_pods() {
     h.create(&example_pipeline()).await;
     h.reconcile_pipeline("clickstream").await;
     let template = |d: Deployment| serde_json::to_value(d.spec.unwrap().template).unwrap();
-    let before = template(h.api::<Deployment>().get("clickstream-gateway").await.unwrap());
+    let before = template(
+        h.api::<Deployment>()
+            .get("clickstream-gateway")
+            .await
+            .unwrap(),
+    );
 
     let mut live = h.api::<IngestPipeline>().get("clickstream").await.unwrap();
     live.spec.pipeline.routing.rules[0].topic = "ads-v2".into();
@@ -332,7 +370,12 @@ async fn routing_change_updates_the_routing_map_but_not_the_pods() {
         .unwrap();
     h.reconcile_pipeline("clickstream").await;
 
-    let after = template(h.api::<Deployment>().get("clickstream-gateway").await.unwrap());
+    let after = template(
+        h.api::<Deployment>()
+            .get("clickstream-gateway")
+            .await
+            .unwrap(),
+    );
     assert_eq!(before, after, "the pod template must not change");
     let routing = h
         .api::<ConfigMap>()
@@ -350,18 +393,28 @@ async fn kafka_failure_sets_conditions_and_retries_kafka_next_time() {
     let pipeline = h.reconcile_pipeline("clickstream").await;
     let status = pipeline.status.unwrap();
     let ready = condition(&status.conditions, "Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "TopicsFailed"));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "TopicsFailed")
+    );
     let topics = condition(&status.conditions, "TopicsEnsured");
     assert_eq!(topics.status, "False");
     assert!(topics.message.contains("kafka:9092"), "{}", topics.message);
-    assert!(topics.message.contains("broker transport failure"), "{}", topics.message);
+    assert!(
+        topics.message.contains("broker transport failure"),
+        "{}",
+        topics.message
+    );
     assert!(status.topics_ensured.is_empty());
 
     *h.admin.fail.lock().unwrap() = None;
     let pipeline = h.reconcile_pipeline("clickstream").await;
     assert_eq!(h.admin.calls.lock().unwrap().len(), 2);
     let status = pipeline.status.unwrap();
-    assert_eq!(condition(&status.conditions, "TopicsEnsured").status, "True");
+    assert_eq!(
+        condition(&status.conditions, "TopicsEnsured").status,
+        "True"
+    );
     assert_eq!(condition(&status.conditions, "Ready").reason, "Progressing");
 }
 
@@ -381,8 +434,15 @@ async fn invalid_spec_is_reported_and_leaves_children_alone() {
     let pipeline = h.reconcile_pipeline("clickstream").await;
     let status = pipeline.status.unwrap();
     let ready = condition(&status.conditions, "Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
-    assert!(ready.message.starts_with("spec.listen.grpc:"), "{}", ready.message);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        ready.message.starts_with("spec.listen.grpc:"),
+        "{}",
+        ready.message
+    );
     assert_eq!(h.names::<ConfigMap>().await, before);
     assert_eq!(h.names::<Deployment>().await, ["clickstream-gateway"]);
 }
@@ -394,8 +454,15 @@ async fn binding_waits_for_its_pipeline_and_recovers_when_it_appears() {
     let binding = h.reconcile_sink("clickstream-parquet").await;
     let status = binding.status.unwrap();
     let ready = condition(&status.conditions, "Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "PipelineNotFound"));
-    assert!(ready.message.contains("analytics/clickstream"), "{}", ready.message);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "PipelineNotFound")
+    );
+    assert!(
+        ready.message.contains("analytics/clickstream"),
+        "{}",
+        ready.message
+    );
     assert!(h.names::<Deployment>().await.is_empty());
 
     // Still missing: nothing to write.
@@ -406,7 +473,10 @@ async fn binding_waits_for_its_pipeline_and_recovers_when_it_appears() {
     h.create(&example_pipeline()).await;
     let binding = h.reconcile_sink("clickstream-parquet").await;
     assert_eq!(h.names::<Deployment>().await, ["clickstream-parquet-sink"]);
-    assert_eq!(h.names::<ConfigMap>().await, ["clickstream-parquet-sink-config"]);
+    assert_eq!(
+        h.names::<ConfigMap>().await,
+        ["clickstream-parquet-sink-config"]
+    );
     let config = h
         .api::<ConfigMap>()
         .get("clickstream-parquet-sink-config")
@@ -417,12 +487,19 @@ async fn binding_waits_for_its_pipeline_and_recovers_when_it_appears() {
         "the sink reads the pipeline's Kafka cluster"
     );
     let status = binding.status.unwrap();
-    assert_eq!(status.consumer_group.as_deref(), Some("clickstream-parquet"));
+    assert_eq!(
+        status.consumer_group.as_deref(),
+        Some("clickstream-parquet")
+    );
     let ready = condition(&status.conditions, "Ready");
     assert_eq!(ready.reason, "Progressing");
 
     h.set_ready("clickstream-parquet-sink", 2).await;
-    let status = h.reconcile_sink("clickstream-parquet").await.status.unwrap();
+    let status = h
+        .reconcile_sink("clickstream-parquet")
+        .await
+        .status
+        .unwrap();
     assert_eq!(condition(&status.conditions, "Ready").status, "True");
     assert_eq!(status.ready_replicas, Some(2));
 }
@@ -435,18 +512,36 @@ async fn a_schedule_turns_the_sink_into_a_cronjob() {
     h.reconcile_sink("clickstream-parquet").await;
     assert_eq!(h.names::<Deployment>().await, ["clickstream-parquet-sink"]);
 
-    let mut live = h.api::<SinkBinding>().get("clickstream-parquet").await.unwrap();
+    let mut live = h
+        .api::<SinkBinding>()
+        .get("clickstream-parquet")
+        .await
+        .unwrap();
     live.spec.workload.schedule = Some("0 * * * *".into());
     h.api::<SinkBinding>()
         .replace("clickstream-parquet", &PostParams::default(), &live)
         .await
         .unwrap();
     let binding = h.reconcile_sink("clickstream-parquet").await;
-    assert!(h.names::<Deployment>().await.is_empty(), "the Deployment is pruned");
-    let cronjob = h.api::<CronJob>().get("clickstream-parquet-sink").await.unwrap();
+    assert!(
+        h.names::<Deployment>().await.is_empty(),
+        "the Deployment is pruned"
+    );
+    let cronjob = h
+        .api::<CronJob>()
+        .get("clickstream-parquet-sink")
+        .await
+        .unwrap();
     let job = cronjob.spec.unwrap();
     assert_eq!(job.schedule, "0 * * * *");
-    let args = job.job_template.spec.unwrap().template.spec.unwrap().containers[0]
+    let args = job
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
         .args
         .clone()
         .unwrap();

@@ -93,11 +93,10 @@ fn chart_renders_valid_objects_with_each_set_of_options() {
 fn chart_runs_the_operator_locked_down_with_least_privilege() {
     let output = helm_template(&[]);
     assert!(output.status.success(), "{}", text(&output));
-    let documents: Vec<serde_yaml::Value> =
-        serde_yaml::Deserializer::from_slice(&output.stdout)
-            .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
-            .filter(|v: &serde_yaml::Value| !v.is_null())
-            .collect();
+    let documents: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_slice(&output.stdout)
+        .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect();
     let of_kind = |kind: &str| {
         documents
             .iter()
@@ -124,7 +123,12 @@ fn chart_runs_the_operator_locked_down_with_least_privilege() {
                     "wildcard in {field}: {rule:?}"
                 );
             }
-            if rule["resources"].as_sequence().unwrap().iter().any(|r| r == "secrets") {
+            if rule["resources"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|r| r == "secrets")
+            {
                 assert_eq!(rule["verbs"].as_sequence().unwrap().len(), 1);
                 assert_eq!(rule["verbs"][0], "get");
             }
@@ -132,8 +136,8 @@ fn chart_runs_the_operator_locked_down_with_least_privilege() {
     }
     // Each rule says why it exists: the line before a rule that opens a new reason is a
     // comment, and every rule follows some comment within its role.
-    let rbac = std::fs::read_to_string(root().join("charts/weir-operator/templates/rbac.yaml"))
-        .unwrap();
+    let rbac =
+        std::fs::read_to_string(root().join("charts/weir-operator/templates/rbac.yaml")).unwrap();
     let lines: Vec<&str> = rbac.lines().collect();
     for (index, line) in lines.iter().enumerate() {
         if !line.trim_start().starts_with("- apiGroups") {
@@ -145,7 +149,11 @@ fn chart_runs_the_operator_locked_down_with_least_privilege() {
             .map(|l| l.trim_start())
             .take_while(|l| !l.starts_with("rules:"))
             .any(|l| l.starts_with('#'));
-        assert!(explained, "rbac.yaml line {}: a rule without a reason", index + 1);
+        assert!(
+            explained,
+            "rbac.yaml line {}: a rule without a reason",
+            index + 1
+        );
     }
 }
 
@@ -159,7 +167,11 @@ fn chart_values_schema_refuses_bad_values() {
     ] {
         let output = helm_template(&["--set", set]);
         assert!(!output.status.success(), "{set} was accepted");
-        assert!(text(&output).contains(complaint), "{set}: {}", text(&output));
+        assert!(
+            text(&output).contains(complaint),
+            "{set}: {}",
+            text(&output)
+        );
     }
 }
 
@@ -172,14 +184,16 @@ fn every_object_the_operator_renders_is_valid_kubernetes() {
     let dir = tempfile::tempdir().unwrap();
     // The examples as they are, then variants that exercise the other builders' paths.
     let mut pipeline: IngestPipeline =
-        serde_yaml::from_str(&std::fs::read_to_string(example("pipeline.yaml")).unwrap())
-            .unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(example("pipeline.yaml")).unwrap()).unwrap();
     let mut binding: SinkBinding =
         serde_yaml::from_str(&std::fs::read_to_string(example("sink.yaml")).unwrap()).unwrap();
-    let base = Manifests::read(&[example("pipeline.yaml"), example("sink.yaml")], "analytics")
-        .unwrap()
-        .children(&Defaults::default())
-        .unwrap();
+    let base = Manifests::read(
+        &[example("pipeline.yaml"), example("sink.yaml")],
+        "analytics",
+    )
+    .unwrap()
+    .children(&Defaults::default())
+    .unwrap();
     assert_eq!(base.len(), 8);
 
     pipeline.metadata.namespace = Some("analytics".into());

@@ -89,6 +89,8 @@ impl Default for Defaults {
 }
 
 /// One object the operator manages.
+// A reconcile holds at most six of these; boxing the big variants buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Child {
     ConfigMap(ConfigMap),

@@ -60,8 +60,7 @@ pub fn effective_spec(binding: &SinkBinding, pipeline: &IngestPipeline) -> SinkS
     spec.source.group_id = consumer_group(binding);
     if workload.storage_secret.is_some() {
         spec.storage.access_key_id_file = Some(format!("{STORAGE_SECRET_DIR}/accessKeyId"));
-        spec.storage.secret_access_key_file =
-            Some(format!("{STORAGE_SECRET_DIR}/secretAccessKey"));
+        spec.storage.secret_access_key_file = Some(format!("{STORAGE_SECRET_DIR}/secretAccessKey"));
     }
     if workload.descriptor_config_map.is_some() {
         spec.schema.descriptor_set = Some(format!("{DESCRIPTOR_DIR}/{DESCRIPTOR_KEY}"));
@@ -84,7 +83,10 @@ pub fn build(
     let workload = &binding.spec.workload;
     let spec = effective_spec(binding, pipeline);
     weir::sink::config::validate(&spec).map_err(InvalidSpec::from_config)?;
-    if !REMOTE_SCHEMES.iter().any(|s| spec.storage.url.starts_with(s)) {
+    if !REMOTE_SCHEMES
+        .iter()
+        .any(|s| spec.storage.url.starts_with(s))
+    {
         return Err(InvalidSpec::new(
             "storage.url",
             format!(
