@@ -12,6 +12,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging options every Weir binary takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "WEIR_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
 /// Installs the tracing subscriber. `WEIR_LOG` (or `RUST_LOG`) sets the filter; the
 /// default is `info`.
 pub fn init(format: LogFormat) {

@@ -25,6 +25,25 @@ use serde::de::DeserializeOwned;
 use crate::build::{APPLIED_HASH, Child, FIELD_MANAGER, Owner};
 use crate::metrics::Metrics;
 
+/// A namespaced Kubernetes object type the operator reads and writes.
+pub trait NamespacedObject:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+{
+}
+
+impl<K> NamespacedObject for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+{
+}
+
 /// What an apply changed, for events and tests.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -105,11 +124,7 @@ impl Applier<'_> {
 
     async fn apply<K>(&self, owner: &Owner, child: &Child) -> Result<bool, kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Debug
-            + Serialize
-            + DeserializeOwned,
+        K: NamespacedObject,
     {
         let api: Api<K> = Api::namespaced(self.client.clone(), &owner.namespace);
         let name = child.name();
@@ -135,11 +150,7 @@ impl Applier<'_> {
 
     async fn prune<K>(&self, owner: &Owner, keep: &[&str]) -> Result<Vec<String>, kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Debug
-            + Serialize
-            + DeserializeOwned,
+        K: NamespacedObject,
     {
         let api: Api<K> = Api::namespaced(self.client.clone(), &owner.namespace);
         let listed = api

@@ -24,7 +24,7 @@ use serde::Serialize;
 use weir_crds::pipeline::KafkaSpec;
 use weir_crds::resources::{IngestPipeline, IngestPipelineStatus, SinkBinding, SinkBindingStatus};
 
-use crate::apply::{Applier, ApplyReport, ChildKinds};
+use crate::apply::{Applier, ApplyReport, ChildKinds, NamespacedObject};
 use crate::build::{self, Defaults, Owner};
 use crate::metrics::Metrics;
 use crate::status::{self, Observed, READY, TOPICS_ENSURED};
@@ -107,6 +107,20 @@ impl Context {
         }
     }
 
+    async fn apply_children(
+        &self,
+        owner: &Owner,
+        kinds: ChildKinds,
+        children: &[build::Child],
+    ) -> Result<ApplyReport, kube::Error> {
+        Applier {
+            client: &self.client,
+            metrics: &self.metrics,
+        }
+        .reconcile_children(owner, kinds, children)
+        .await
+    }
+
     fn key<K: Resource<DynamicType = ()>>(resource: &K) -> String {
         format!(
             "{}/{}/{}",
@@ -147,10 +161,7 @@ async fn write_status<K, S>(
     status: &S,
 ) -> Result<(), kube::Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned,
+    K: NamespacedObject,
     S: Serialize + PartialEq,
 {
     if live == Some(status) {
@@ -292,12 +303,8 @@ async fn reconcile_pipeline_inner(
             requeue = WAITING;
         }
         Ok(children) => {
-            let applier = Applier {
-                client: &ctx.client,
-                metrics: &ctx.metrics,
-            };
-            report = applier
-                .reconcile_children(&owner, ChildKinds::Gateway, &children)
+            report = ctx
+                .apply_children(&owner, ChildKinds::Gateway, &children)
                 .await?;
             let topics = &pipeline.spec.pipeline.topics;
             let topics_ok = if topics.is_empty() {
@@ -420,12 +427,8 @@ async fn reconcile_sink_inner(binding: &SinkBinding, ctx: &Context) -> Result<Ac
                 status::invalid_spec(&invalid)
             }
             Ok(children) => {
-                let applier = Applier {
-                    client: &ctx.client,
-                    metrics: &ctx.metrics,
-                };
-                report = applier
-                    .reconcile_children(&owner, ChildKinds::Sink, &children)
+                report = ctx
+                    .apply_children(&owner, ChildKinds::Sink, &children)
                     .await?;
                 let name = build::sink::workload_name(&owner.name);
                 if binding.spec.workload.schedule.is_some() {

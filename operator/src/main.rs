@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use weir::telemetry::LogFormat;
+use weir::telemetry::LogArgs;
 use weir_operator::build::Defaults;
 use weir_operator::controller::Context;
 use weir_operator::metrics::Metrics;
@@ -17,15 +17,8 @@ use weir_operator::topics::KafkaTopicAdmin;
 #[derive(Parser)]
 #[command(name = "weir-operator", version, about = "Weir's Kubernetes operator")]
 struct Cli {
-    /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value_t,
-        env = "WEIR_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
             holder,
             lease_ttl,
         } => {
-            weir::telemetry::init(cli.log_format);
+            weir::telemetry::init(cli.log.log_format);
             let client = kube::Client::try_default().await?;
             let ctx = Arc::new(Context::new(
                 client.clone(),

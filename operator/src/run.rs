@@ -110,6 +110,13 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: RunSettings) -> an
     outcome
 }
 
+/// The controller's own errors (a reconcile's are handled by `error_policy`).
+async fn log_skipped<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "reconcile not run");
+    }
+}
+
 fn managed() -> watcher::Config {
     watcher::Config::default().labels("app.kubernetes.io/managed-by=weir-operator")
 }
@@ -129,11 +136,7 @@ async fn pipelines(client: &Client, ctx: Arc<Context>) {
     .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed())
     .shutdown_on_signal()
     .run(reconcile_pipeline, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(%error, "pipeline reconcile not run");
-        }
-    })
+    .for_each(log_skipped)
     .await;
 }
 
@@ -164,10 +167,6 @@ async fn sinks(client: &Client, ctx: Arc<Context>) {
         )
         .shutdown_on_signal()
         .run(reconcile_sink, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "sink reconcile not run");
-            }
-        })
+        .for_each(log_skipped)
         .await;
 }

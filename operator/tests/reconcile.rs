@@ -13,11 +13,12 @@ use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, Resource};
+use kube::Client;
 use kube_fake_client::{ClientBuilder, interceptor};
 use serde_json::json;
 use weir_crds::pipeline::{KafkaSpec, TopicSpec};
 use weir_crds::resources::{IngestPipeline, SinkBinding};
+use weir_operator::apply::NamespacedObject;
 use weir_operator::build::Defaults;
 use weir_operator::controller::{Context, reconcile_pipeline, reconcile_sink};
 use weir_operator::metrics::Metrics;
@@ -150,18 +151,14 @@ async fn harness() -> Harness {
 impl Harness {
     fn api<K>(&self) -> Api<K>
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+        K: NamespacedObject,
     {
         Api::namespaced(self.client.clone(), NS)
     }
 
     async fn create<K>(&self, object: &K) -> K
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + serde::Serialize
-            + serde::de::DeserializeOwned,
+        K: NamespacedObject,
     {
         self.api::<K>()
             .create(&PostParams::default(), object)
@@ -188,10 +185,7 @@ impl Harness {
 
     async fn names<K>(&self) -> Vec<String>
     where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned,
+        K: NamespacedObject,
     {
         let mut names: Vec<String> = self
             .api::<K>()
