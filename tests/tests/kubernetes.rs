@@ -266,3 +266,44 @@ fn examples_validate_against_the_generated_crd_schemas() {
     assert!(!output.status.success());
     assert!(text(&output).contains("minReplicas"), "{}", text(&output));
 }
+
+/// The configuration the operator mounts is what the data plane loads: the gateway's
+/// file and routing table, and the sink's file, parsed and validated by `weir` itself.
+#[test]
+fn the_data_plane_loads_the_configuration_the_operator_mounts() {
+    let children = Manifests::read(&[example("pipeline.yaml"), example("sink.yaml")], "default")
+        .unwrap()
+        .children(&Defaults::default())
+        .unwrap();
+    let data = |name: &str, key: &str| -> String {
+        let child = children.iter().find(|c| c.name() == name).unwrap();
+        child.to_json()["data"][key].as_str().unwrap().to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let routing = dir.path().join("routing.yaml");
+    std::fs::write(
+        &routing,
+        data("clickstream-gateway-routing", "routing.yaml"),
+    )
+    .unwrap();
+    let config = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        data("clickstream-gateway-config", "pipeline.yaml")
+            .replace("/etc/weir/routing/routing.yaml", routing.to_str().unwrap()),
+    )
+    .unwrap();
+    let spec = weir::config::load_pipeline(Some(&config), std::iter::empty()).unwrap();
+    assert_eq!(spec.kafka.bootstrap_servers, "kafka:9092");
+    assert!(spec.topics.is_empty(), "the operator creates the topics");
+    weir::gateway::route::load_routing_file(std::path::Path::new(
+        spec.routing.file.as_deref().unwrap(),
+    ))
+    .expect("the routing table compiles");
+
+    let sink = dir.path().join("sink.yaml");
+    std::fs::write(&sink, data("clickstream-parquet-sink-config", "sink.yaml")).unwrap();
+    let spec = weir::config::load_sink(Some(&sink), std::iter::empty()).unwrap();
+    assert_eq!(spec.storage.url, "s3://analytics/events");
+    assert_eq!(spec.kafka.bootstrap_servers, "kafka:9092");
+}
