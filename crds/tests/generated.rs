@@ -35,3 +35,35 @@ fn the_examples_are_valid_resources() {
     // Unknown keys: the API server prunes them (the schema is structural) and `weir`'s
     // loaders reject them; serde's flatten cannot, so this type accepts them.
 }
+
+/// Every field of both CRD schemas has a description (`kubectl explain` shows it).
+#[test]
+fn every_field_is_described() {
+    fn walk(node: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+        if let Some(properties) = node.get("properties").and_then(|p| p.as_object()) {
+            for (name, property) in properties {
+                let path = format!("{path}.{name}");
+                if property.get("description").is_none() {
+                    missing.push(path.clone());
+                }
+                walk(property, &path, missing);
+            }
+        }
+        if let Some(items) = node.get("items") {
+            walk(items, &format!("{path}[]"), missing);
+        }
+        if let Some(values) = node.get("additionalProperties").filter(|v| v.is_object()) {
+            walk(values, &format!("{path}{{}}"), missing);
+        }
+    }
+    for (file, rendered) in weir_crds::crd_manifests() {
+        let crd: serde_json::Value = serde_yaml::from_str(&rendered).unwrap();
+        let mut missing = Vec::new();
+        walk(
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+            "",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "{file}: no description on {missing:?}");
+    }
+}

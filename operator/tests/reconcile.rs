@@ -58,6 +58,8 @@ struct Harness {
     admin: Arc<FakeAdmin>,
     /// Every create, patch, update and delete the API received.
     writes: Arc<AtomicUsize>,
+    /// While set, every patch fails as an overloaded API server would answer.
+    fail_patches: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn example<T: serde::de::DeserializeOwned>(file: &str) -> T {
@@ -95,6 +97,8 @@ async fn harness() -> Harness {
         count(&writes),
         count(&writes),
     );
+    let fail_patches = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failing = fail_patches.clone();
     let client = ClientBuilder::new()
         .with_resource::<IngestPipeline>()
         .with_resource::<SinkBinding>()
@@ -109,6 +113,11 @@ async fn harness() -> Harness {
                 })
                 .patch(move |_| {
                     p();
+                    if failing.load(Ordering::SeqCst) {
+                        return Err(kube_fake_client::Error::Internal(
+                            "etcd is overloaded".into(),
+                        ));
+                    }
                     Ok(None)
                 })
                 .update(move |_| {
@@ -145,6 +154,7 @@ async fn harness() -> Harness {
         ctx,
         admin,
         writes,
+        fail_patches,
     }
 }
 
@@ -577,5 +587,43 @@ async fn reconciles_and_writes_are_counted() {
     assert!(
         metrics.contains(r#"weir_operator_writes_total{kind="Deployment",operation="apply"} 1"#),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn failures_back_off_and_success_resets_the_backoff() {
+    use std::time::Duration;
+    use weir_operator::controller::error_policy;
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+    h.fail_patches.store(true, Ordering::SeqCst);
+    let live = Arc::new(h.api::<IngestPipeline>().get("clickstream").await.unwrap());
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let error = reconcile_pipeline(live.clone(), h.ctx.clone())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("etcd is overloaded"), "{error}");
+        delays.push(error_policy(live.clone(), &error, h.ctx.clone()));
+    }
+    assert_eq!(
+        delays,
+        [5, 10, 20].map(|s| kube::runtime::controller::Action::requeue(Duration::from_secs(s)))
+    );
+    let metrics = weir::gateway::metrics::render(&h.ctx.metrics.registry);
+    assert!(
+        metrics
+            .contains(r#"weir_operator_reconciles_total{kind="IngestPipeline",result="error"} 3"#),
+        "{metrics}"
+    );
+
+    h.fail_patches.store(false, Ordering::SeqCst);
+    reconcile_pipeline(live.clone(), h.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        h.ctx.backoff(&*live),
+        Duration::from_secs(5),
+        "success resets the backoff"
     );
 }
