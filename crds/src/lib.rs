@@ -11,6 +11,8 @@ pub mod sink;
 pub use pipeline::PipelineSpec;
 pub use sink::SinkSpec;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 /// The key under an IngestPipeline's `spec` that only the operator reads (image,
 /// replicas, resources, service). The data plane ignores it.
 pub const WORKLOAD_KEY: &str = "workload";
@@ -22,21 +24,48 @@ pub const PIPELINE_REF_KEY: &str = "pipelineRef";
 /// The CRD manifests generated from the types: `(file name, YAML)`, as committed in
 /// `crds/generated/` and printed by `weir-operator crds`.
 pub fn crd_manifests() -> Vec<(&'static str, String)> {
-    use kube::CustomResourceExt;
     let render = |crd| {
         format!(
             "# Generated from crds/src/resources.rs: do not edit.\n{}",
             serde_yaml::to_string(&crd).expect("CRDs serialize to YAML")
         )
     };
+    let [pipelines, sinks] = crds();
     vec![
-        (
-            "ingestpipelines.weir.dev.yaml",
-            render(resources::IngestPipeline::crd()),
-        ),
-        (
-            "sinkbindings.weir.dev.yaml",
-            render(resources::SinkBinding::crd()),
-        ),
+        ("ingestpipelines.weir.dev.yaml", render(pipelines)),
+        ("sinkbindings.weir.dev.yaml", render(sinks)),
     ]
+}
+
+/// The CustomResourceDefinitions, IngestPipeline first, in the form an API server
+/// accepts without warnings.
+pub fn crds() -> [CustomResourceDefinition; 2] {
+    use kube::CustomResourceExt;
+    [
+        kubernetes_formats(resources::IngestPipeline::crd()),
+        kubernetes_formats(resources::SinkBinding::crd()),
+    ]
+}
+
+/// schemars marks unsigned integers `format: uint*`, which the API server does not know
+/// and warns about on every apply; `int64` with the `minimum: 0` schemars already sets
+/// says the same in formats it knows.
+fn kubernetes_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(format)) = map.get_mut("format")
+                    && format.starts_with("uint")
+                {
+                    *format = "int64".into();
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(crd).expect("a CRD serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("only formats changed")
 }

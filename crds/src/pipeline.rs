@@ -24,8 +24,11 @@ pub struct PipelineSpec {
     pub routing: RoutingSpec,
     /// Topics to create (or grow to the given partition count) before traffic flows.
     /// Keyed by name, so a cluster can compare each topic with its previous version.
+    /// At most 1,000 (the API server prices each CEL rule by the longest list it may run
+    /// over, so the list needs a bound).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = MAX_TOPICS))]
     pub topics: Vec<TopicSpec>,
     /// When a batch is acknowledged: after Kafka has every event (`sync`), or after the
     /// events are queued for Kafka (`async`).
@@ -98,6 +101,11 @@ impl Default for KafkaSpec {
     }
 }
 
+/// Most topics one pipeline may list.
+pub const MAX_TOPICS: usize = 1000;
+/// Kafka's own limit on a topic name's length.
+pub const MAX_TOPIC_NAME: usize = 249;
+
 /// A topic to ensure exists.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -121,6 +129,7 @@ impl Default for KafkaSpec {
 ]))]
 pub struct TopicSpec {
     /// Topic name.
+    #[schemars(length(max = MAX_TOPIC_NAME))]
     pub name: String,
     /// Partition count; an existing topic with fewer partitions is grown, never shrunk.
     #[serde(default = "default_partitions")]

@@ -122,6 +122,7 @@ fn default_cpu_target() -> i32 {
 pub struct ServiceSettings {
     /// `ClusterIP` (unset), `NodePort` or `LoadBalancer`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self in ['ClusterIP', 'NodePort', 'LoadBalancer']").message("type must be ClusterIP, NodePort or LoadBalancer"))]
     pub type_: Option<String>,
     /// Service port for HTTP and WebSocket. Unset: 80.
@@ -210,6 +211,7 @@ pub struct SinkBindingSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PipelineRef {
     /// The pipeline's name.
+    #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self != ''").message("pipelineRef.name must name an IngestPipeline"))]
     pub name: String,
 }

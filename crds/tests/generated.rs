@@ -67,3 +67,36 @@ fn every_field_is_described() {
         assert!(missing.is_empty(), "{file}: no description on {missing:?}");
     }
 }
+
+/// The API server knows these integer formats; any other draws a warning on every apply
+/// (schemars' `uint` did, on ten fields).
+#[test]
+fn only_formats_the_api_server_knows() {
+    fn walk(node: &serde_json::Value, path: &str, unknown: &mut Vec<String>) {
+        match node {
+            serde_json::Value::Object(map) => {
+                if map.get("type").and_then(|t| t.as_str()) == Some("integer")
+                    && let Some(format) = map.get("format").and_then(|f| f.as_str())
+                    && !["int32", "int64"].contains(&format)
+                {
+                    unknown.push(format!("{path}: {format}"));
+                }
+                for (key, value) in map {
+                    walk(value, &format!("{path}.{key}"), unknown);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{i}]"), unknown);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (file, rendered) in weir_crds::crd_manifests() {
+        let crd: serde_json::Value = serde_yaml::from_str(&rendered).unwrap();
+        let mut unknown = Vec::new();
+        walk(&crd, "", &mut unknown);
+        assert!(unknown.is_empty(), "{file}: {unknown:?}");
+    }
+}

@@ -252,6 +252,16 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
     if spec.identity.id_header.trim().is_empty() {
         return Err(invalid("identity.idHeader", "must not be empty"));
     }
+    if spec.topics.len() > weir_crds::pipeline::MAX_TOPICS {
+        return Err(invalid(
+            "topics",
+            format!(
+                "lists {} topics; at most {} are allowed",
+                spec.topics.len(),
+                weir_crds::pipeline::MAX_TOPICS
+            ),
+        ));
+    }
     for (i, topic) in spec.topics.iter().enumerate() {
         crate::gateway::route::check_topic_name(&topic.name)
             .map_err(|m| invalid(&format!("topics[{i}].name"), m))?;

@@ -3,9 +3,10 @@
 //! wanted.
 //!
 //! Invariants:
-//! - A child whose live [`APPLIED_HASH`] equals the desired one is not written, so a
-//!   reconcile with nothing to change makes zero writes. (A hand edit that keeps the
-//!   annotation is corrected at the next spec change; one that removes it, at once.)
+//! - A child is written only when its live state does not hold the desired object
+//!   ([`crate::drift`]): a reconcile with nothing to change makes zero writes, and a hand
+//!   edit of any field the operator owns (an image, the routing table) is undone at the
+//!   next reconcile, which the watch on the children triggers at once.
 //! - Pruning only deletes objects labelled as this resource's children
 //!   ([`crate::build::OWNER_LABEL`]) and not in the desired set.
 
@@ -23,6 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::build::{APPLIED_HASH, Child, FIELD_MANAGER, Owner};
+use crate::drift;
 use crate::metrics::Metrics;
 
 /// A namespaced Kubernetes object type the operator reads and writes.
@@ -49,8 +51,49 @@ impl<K> NamespacedObject for K where
 pub struct ApplyReport {
     /// `Kind/name` of each object created or updated.
     pub applied: Vec<String>,
-    /// `Kind/name` of each object deleted because the spec no longer needs it.
-    pub pruned: Vec<String>,
+    /// Objects whose desired content was unchanged but whose live state had drifted
+    /// (a hand edit), re-applied.
+    pub corrected: Vec<Drift>,
+    /// Objects deleted because the spec no longer needs them.
+    pub pruned: Vec<ChildRef>,
+}
+
+/// A child as events name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+}
+
+impl ChildRef {
+    fn of<K: Resource<DynamicType = ()>>(name: &str) -> Self {
+        Self {
+            api_version: K::api_version(&()).into(),
+            kind: K::kind(&()).into(),
+            name: name.into(),
+        }
+    }
+
+    /// `Kind/name`.
+    pub fn describe(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
+    }
+}
+
+/// A child found drifted and corrected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    pub child: ChildRef,
+    /// The first field found changed (`spec.template.spec.containers[0].image`).
+    pub field: String,
+}
+
+/// What applying one child did.
+enum Applied {
+    Current,
+    Written,
+    Corrected(Drift),
 }
 
 /// The kinds a resource's children can have, so pruning looks at each.
@@ -88,8 +131,13 @@ impl Applier<'_> {
                 }
                 Child::CronJob(_) => self.apply::<CronJob>(owner, child).await?,
             };
-            if applied {
-                report.applied.push(child.describe());
+            match applied {
+                Applied::Current => {}
+                Applied::Written => report.applied.push(child.describe()),
+                Applied::Corrected(drift) => {
+                    report.applied.push(child.describe());
+                    report.corrected.push(drift);
+                }
             }
         }
         let keep = |kind: &str| -> Vec<&str> {
@@ -122,33 +170,47 @@ impl Applier<'_> {
         Ok(report)
     }
 
-    async fn apply<K>(&self, owner: &Owner, child: &Child) -> Result<bool, kube::Error>
+    async fn apply<K>(&self, owner: &Owner, child: &Child) -> Result<Applied, kube::Error>
     where
         K: NamespacedObject,
     {
         let api: Api<K> = Api::namespaced(self.client.clone(), &owner.namespace);
         let name = child.name();
+        let desired = child.to_json();
+        let mut outcome = Applied::Written;
         if let Some(live) = api.get_opt(name).await? {
-            let live_hash = live
-                .meta()
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(APPLIED_HASH));
-            if live_hash.map(String::as_str) == child.applied_hash() {
-                return Ok(false);
+            let live = serde_json::to_value(&live).expect("Kubernetes objects serialize");
+            let Some(field) = drift::first_difference(&desired, &live) else {
+                return Ok(Applied::Current);
+            };
+            // The same desired content as last applied, yet the live object differs:
+            // someone edited it. A changed spec is an ordinary update.
+            if live
+                .pointer(&format!(
+                    "/metadata/annotations/{}",
+                    APPLIED_HASH.replace('/', "~1")
+                ))
+                .and_then(serde_json::Value::as_str)
+                == child.applied_hash()
+            {
+                tracing::info!(child = %child.describe(), %field, "correcting a hand edit");
+                outcome = Applied::Corrected(Drift {
+                    child: ChildRef::of::<K>(name),
+                    field,
+                });
             }
         }
         api.patch(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(child.to_json()),
+            &Patch::Apply(desired),
         )
         .await?;
         self.metrics.record_write(child.kind(), "apply");
-        Ok(true)
+        Ok(outcome)
     }
 
-    async fn prune<K>(&self, owner: &Owner, keep: &[&str]) -> Result<Vec<String>, kube::Error>
+    async fn prune<K>(&self, owner: &Owner, keep: &[&str]) -> Result<Vec<ChildRef>, kube::Error>
     where
         K: NamespacedObject,
     {
@@ -165,9 +227,8 @@ impl Applier<'_> {
                 continue;
             }
             api.delete(&name, &DeleteParams::background()).await?;
-            let kind = K::kind(&());
-            self.metrics.record_write(&kind, "delete");
-            pruned.push(format!("{kind}/{name}"));
+            self.metrics.record_write(&K::kind(&()), "delete");
+            pruned.push(ChildRef::of::<K>(&name));
         }
         Ok(pruned)
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -24,11 +24,11 @@ use serde::Serialize;
 use weir_crds::pipeline::KafkaSpec;
 use weir_crds::resources::{IngestPipeline, IngestPipelineStatus, SinkBinding, SinkBindingStatus};
 
-use crate::apply::{Applier, ApplyReport, ChildKinds, NamespacedObject};
+use crate::apply::{Applier, ApplyReport, ChildKinds, ChildRef, NamespacedObject};
 use crate::build::{self, Defaults, Owner};
 use crate::metrics::Metrics;
-use crate::status::{self, Observed, READY, TOPICS_ENSURED};
-use crate::topics::{EnsuredTopics, TopicAdmin};
+use crate::status::{self, Observed, READY, TOPICS_NOT_READY, TOPICS_READY};
+use crate::topics::{TopicAdmin, TopicEnsurer, TopicSettings, TopicState};
 
 /// How often a healthy resource is looked at again without any change.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -42,60 +42,66 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("reading Secret {secret} for Kafka credentials: {source}")]
-    KafkaSecret {
-        secret: String,
-        #[source]
-        source: kube::Error,
-    },
 }
 
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
     pub defaults: Defaults,
-    pub topic_admin: Arc<dyn TopicAdmin>,
     pub metrics: Metrics,
+    /// The topic workers; the run loop takes their change notices.
+    pub topics: TopicEnsurer,
     recorder: Recorder,
-    ensured: EnsuredTopics,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
+    /// `instance` names this replica in the Events it records (its pod name).
     pub fn new(
         client: Client,
         defaults: Defaults,
         topic_admin: Arc<dyn TopicAdmin>,
+        topic_settings: TopicSettings,
         metrics: Metrics,
+        instance: &str,
     ) -> Self {
         let reporter = Reporter {
             controller: build::FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
+            instance: Some(instance.into()),
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             defaults,
-            topic_admin,
             metrics,
-            ensured: EnsuredTopics::default(),
+            topics: TopicEnsurer::new(topic_admin, topic_settings),
             failures: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Records an Event on `resource`; `related` names the child it concerns.
     async fn publish<K: Resource<DynamicType = ()>>(
         &self,
         resource: &K,
         type_: EventType,
         reason: &str,
         note: String,
+        related: Option<&ChildRef>,
     ) {
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
             action: "Reconcile".into(),
-            secondary: None,
+            // Also what tells apart two Events of one reason (two children pruned at
+            // once), which the recorder would otherwise merge into one series.
+            secondary: related.map(|child| ObjectReference {
+                api_version: Some(child.api_version.clone()),
+                kind: Some(child.kind.clone()),
+                name: Some(child.name.clone()),
+                namespace: resource.meta().namespace.clone(),
+                ..ObjectReference::default()
+            }),
         };
         // An event that cannot be recorded must not fail the reconcile.
         if let Err(error) = self
@@ -189,7 +195,8 @@ where
     Ok(())
 }
 
-/// Records events for what changed: children pruned, Ready flipping.
+/// Records one Event per transition: each child pruned, each hand edit undone, each
+/// condition whose status or reason changed.
 async fn publish_transitions<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     resource: &K,
@@ -197,21 +204,33 @@ async fn publish_transitions<K: Resource<DynamicType = ()>>(
     before: &[Condition],
     after: &[Condition],
 ) {
-    if !report.pruned.is_empty() {
+    for child in &report.pruned {
+        let note = format!("deleted {}: the spec no longer needs it", child.describe());
+        ctx.publish(resource, EventType::Normal, "Pruned", note, Some(child))
+            .await;
+    }
+    for drift in &report.corrected {
+        let note = format!(
+            "{}: {} was changed outside the operator; re-applied the desired state",
+            drift.child.describe(),
+            drift.field
+        );
         ctx.publish(
             resource,
-            EventType::Normal,
-            "Pruned",
-            format!(
-                "deleted objects the spec no longer needs: {}",
-                report.pruned.join(", ")
-            ),
+            EventType::Warning,
+            "DriftCorrected",
+            note,
+            Some(&drift.child),
         )
         .await;
     }
     for condition in after {
         let old = before.iter().find(|c| c.type_ == condition.type_);
         if old.is_some_and(|o| o.status == condition.status && o.reason == condition.reason) {
+            continue;
+        }
+        // Ready lost to the topics: the TopicsReady transition's Event says why.
+        if condition.type_ == READY && condition.reason == TOPICS_NOT_READY {
             continue;
         }
         let type_ = if condition.status == "True" {
@@ -224,17 +243,18 @@ async fn publish_transitions<K: Resource<DynamicType = ()>>(
             type_,
             &condition.reason,
             condition.message.clone(),
+            None,
         )
         .await;
     }
 }
 
 /// The pipeline's Kafka connection with the credentials of `workload.kafkaSecret`
-/// added, as the gateway pods see them.
+/// added, as the gateway pods see them; `Err` says why the Secret cannot be read.
 async fn kafka_with_credentials(
     ctx: &Context,
     pipeline: &IngestPipeline,
-) -> Result<KafkaSpec, Error> {
+) -> Result<KafkaSpec, String> {
     let mut kafka = pipeline.spec.pipeline.kafka.clone();
     let Some(secret) = &pipeline.spec.workload.kafka_secret else {
         return Ok(kafka);
@@ -243,9 +263,11 @@ async fn kafka_with_credentials(
         ctx.client.clone(),
         pipeline.namespace().as_deref().unwrap_or_default(),
     );
-    let found = api.get(secret).await.map_err(|source| Error::KafkaSecret {
-        secret: secret.clone(),
-        source,
+    let found = api.get(secret).await.map_err(|error| {
+        format!(
+            "cannot read Secret {secret} (spec.workload.kafkaSecret) for the Kafka \
+             credentials: {error}"
+        )
     })?;
     for (key, value) in found.data.unwrap_or_default() {
         kafka
@@ -296,52 +318,13 @@ async fn reconcile_pipeline_inner(
     };
     let mut report = ApplyReport::default();
     let mut observed = Vec::new();
-    let mut requeue = RESYNC;
     match build::gateway::build(pipeline, &ctx.defaults) {
-        Err(invalid) => {
-            observed.push(status::invalid_spec(&invalid));
-            requeue = WAITING;
-        }
+        Err(invalid) => observed.push(status::invalid_spec(&invalid)),
         Ok(children) => {
             report = ctx
                 .apply_children(&owner, ChildKinds::Gateway, &children)
                 .await?;
-            let topics = &pipeline.spec.pipeline.topics;
-            let topics_ok = if topics.is_empty() {
-                status.topics_ensured = Vec::new();
-                true
-            } else {
-                let kafka = kafka_with_credentials(ctx, pipeline).await?;
-                let key = format!("{}/{}", owner.namespace, owner.name);
-                match ctx
-                    .ensured
-                    .ensure(ctx.topic_admin.as_ref(), &key, &kafka, topics)
-                    .await
-                {
-                    Ok(()) => {
-                        status.topics_ensured = topics.iter().map(|t| t.name.clone()).collect();
-                        observed.push(Observed::new(
-                            TOPICS_ENSURED,
-                            true,
-                            "TopicsEnsured",
-                            format!("{} topics exist with their partitions", topics.len()),
-                        ));
-                        true
-                    }
-                    Err(error) => {
-                        observed.push(Observed::new(
-                            TOPICS_ENSURED,
-                            false,
-                            "TopicsFailed",
-                            format!(
-                                "creating or growing topics at {} failed: {error}",
-                                kafka.bootstrap_servers
-                            ),
-                        ));
-                        false
-                    }
-                }
-            };
+            let topics = observe_topics(ctx, pipeline, &mut status).await;
             let ready = deployment_ready(
                 ctx,
                 &owner.namespace,
@@ -350,25 +333,19 @@ async fn reconcile_pipeline_inner(
             .await?;
             status.ready_replicas = Some(ready);
             let workload = status::workload_ready("gateway", status.replicas.unwrap_or(0), ready);
-            if !topics_ok {
-                observed.insert(
-                    0,
-                    Observed::new(
-                        READY,
-                        false,
-                        "TopicsFailed",
-                        "the pipeline's topics could not be ensured (see TopicsEnsured)".into(),
-                    ),
-                );
-                requeue = WAITING;
-            } else {
-                if !workload.ok || workload.reason == "Degraded" {
-                    requeue = WAITING;
-                }
-                observed.insert(0, workload);
-            }
+            observed.push(match &topics {
+                Some(topics) if !topics.ok => Observed::new(
+                    READY,
+                    false,
+                    TOPICS_NOT_READY,
+                    format!("the pipeline's topics are not ready: {}", topics.message),
+                ),
+                _ => workload,
+            });
+            observed.extend(topics);
         }
     }
+    let settled = observed.iter().all(|o| o.ok && o.reason != "Degraded");
     status.conditions =
         status::merge_conditions(&previous.conditions, &observed, generation, &now());
     write_status(ctx, pipeline, live.as_ref(), &status).await?;
@@ -380,7 +357,61 @@ async fn reconcile_pipeline_inner(
         &status.conditions,
     )
     .await;
-    Ok(Action::requeue(requeue))
+    Ok(Action::requeue(if settled { RESYNC } else { WAITING }))
+}
+
+/// The TopicsReady condition, from the topic worker's last outcome; `None` when the
+/// pipeline lists no topics. Never waits on Kafka (see [`crate::topics`]).
+async fn observe_topics(
+    ctx: &Context,
+    pipeline: &IngestPipeline,
+    status: &mut IngestPipelineStatus,
+) -> Option<Observed> {
+    let topics = &pipeline.spec.pipeline.topics;
+    if topics.is_empty() {
+        status.topics_ensured = Vec::new();
+        return None;
+    }
+    let kafka = match kafka_with_credentials(ctx, pipeline).await {
+        Ok(kafka) => kafka,
+        Err(error) => {
+            return Some(Observed::new(
+                TOPICS_READY,
+                false,
+                "KafkaSecretUnreadable",
+                error,
+            ));
+        }
+    };
+    let key = format!(
+        "{}/{}",
+        pipeline.namespace().unwrap_or_default(),
+        pipeline.name_any()
+    );
+    let at = &kafka.bootstrap_servers;
+    Some(match ctx.topics.state(&key, &kafka, topics).await {
+        TopicState::Ready => {
+            status.topics_ensured = topics.iter().map(|t| t.name.clone()).collect();
+            Observed::new(
+                TOPICS_READY,
+                true,
+                "TopicsEnsured",
+                format!("{} topics exist with their partitions", topics.len()),
+            )
+        }
+        TopicState::Creating => Observed::new(
+            TOPICS_READY,
+            false,
+            "Creating",
+            format!("creating or growing {} topics at {at}", topics.len()),
+        ),
+        TopicState::Failed(error) => Observed::new(
+            TOPICS_READY,
+            false,
+            "TopicsFailed",
+            format!("creating or growing topics at {at} failed: {error}; retrying with backoff"),
+        ),
+    })
 }
 
 /// Reconciles one SinkBinding.

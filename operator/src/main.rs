@@ -12,7 +12,7 @@ use weir_operator::controller::Context;
 use weir_operator::metrics::Metrics;
 use weir_operator::render::{Manifests, to_yaml_stream};
 use weir_operator::run::{RunSettings, run};
-use weir_operator::topics::KafkaTopicAdmin;
+use weir_operator::topics::{KafkaTopicAdmin, TopicSettings};
 
 #[derive(Parser)]
 #[command(name = "weir-operator", version, about = "Weir's Kubernetes operator")]
@@ -39,9 +39,10 @@ enum Command {
         /// Name of the leader Lease.
         #[arg(long, default_value = "weir-operator-leader")]
         lease_name: String,
-        /// This replica's identity in the Lease.
-        #[arg(long, env = "POD_NAME", default_value = "weir-operator")]
-        holder: String,
+        /// This replica's identity in the Lease and in the Events it records. Unset: the
+        /// host name and process id, so two replicas never share one.
+        #[arg(long, env = "POD_NAME")]
+        holder: Option<String>,
         /// How long the Lease stays valid without renewal.
         #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
         lease_ttl: Duration,
@@ -70,6 +71,14 @@ fn defaults(image: Option<String>) -> Defaults {
     defaults
 }
 
+/// `<host name>-<process id>`: unique per replica outside a pod too.
+fn replica_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "weir-operator".into());
+    format!("{host}-{}", std::process::id())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -96,12 +105,15 @@ async fn main() -> anyhow::Result<()> {
             lease_ttl,
         } => {
             weir::telemetry::init(cli.log.log_format);
+            let holder = holder.unwrap_or_else(replica_identity);
             let client = kube::Client::try_default().await?;
             let ctx = Arc::new(Context::new(
                 client.clone(),
                 defaults(image),
                 Arc::new(KafkaTopicAdmin),
+                TopicSettings::default(),
                 Metrics::new(),
+                &holder,
             ));
             let settings = RunSettings {
                 metrics,

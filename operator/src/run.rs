@@ -2,7 +2,9 @@
 //! the metrics and health endpoints.
 //!
 //! Only the replica holding the Lease reconciles; a replica that loses it exits, so
-//! Kubernetes restarts it as a follower and two replicas never write at once.
+//! Kubernetes restarts it as a follower and two replicas never write at once. A leader
+//! that stops (SIGTERM, Ctrl-C) releases the Lease, so another replica takes over at its
+//! next try instead of waiting for the Lease to expire.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,30 +83,39 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: RunSettings) -> an
     ctx.metrics.leader.set(1);
     tracing::info!("leader: reconciling");
 
-    let renew = {
-        let ttl = settings.lease_ttl;
-        async move {
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                match lease.try_acquire_or_renew().await {
-                    Ok(LeaseLockResult::Acquired(_)) => {}
-                    Ok(LeaseLockResult::NotAcquired(_)) => {
-                        return anyhow::anyhow!("leadership lost to another replica");
-                    }
-                    Err(error) => return anyhow::anyhow!("cannot renew the leader Lease: {error}"),
+    let renew = async {
+        loop {
+            tokio::time::sleep(settings.lease_ttl / 3).await;
+            match lease.try_acquire_or_renew().await {
+                Ok(LeaseLockResult::Acquired(_)) => {}
+                Ok(LeaseLockResult::NotAcquired(_)) => {
+                    return anyhow::anyhow!("leadership lost to another replica");
                 }
+                Err(error) => return anyhow::anyhow!("cannot renew the leader Lease: {error}"),
             }
         }
     };
 
+    let topic_changes = ctx.topics.take_changes();
     let controllers = async {
-        futures_util::join!(pipelines(&client, ctx.clone()), sinks(&client, ctx.clone()));
+        futures_util::join!(
+            pipelines(&client, ctx.clone(), topic_changes),
+            sinks(&client, ctx.clone())
+        );
     };
     let outcome = tokio::select! {
         error = renew => Err(error),
         _ = controllers => Ok(()),
     };
     ctx.metrics.leader.set(0);
+    if outcome.is_ok() {
+        match lease.step_down().await {
+            Ok(()) => tracing::info!("released the leader Lease"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot release the leader Lease; it expires by itself")
+            }
+        }
+    }
     stop.cancel();
     server.await?;
     outcome
@@ -121,7 +132,19 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels("app.kubernetes.io/managed-by=weir-operator")
 }
 
-async fn pipelines(client: &Client, ctx: Arc<Context>) {
+/// `namespace/name` keys of pipelines to reconcile now (their topics changed state).
+type Changes = Option<tokio::sync::mpsc::Receiver<String>>;
+
+async fn pipelines(client: &Client, ctx: Arc<Context>, changes: Changes) {
+    let changed = futures_util::stream::unfold(changes, |changes| async move {
+        let mut receiver = changes?;
+        let key = receiver.recv().await?;
+        Some((key, Some(receiver)))
+    })
+    .filter_map(|key| async move {
+        let (namespace, name) = key.split_once('/')?;
+        Some(ObjectRef::<IngestPipeline>::new(name).within(namespace))
+    });
     Controller::new(
         Api::<IngestPipeline>::all(client.clone()),
         watcher::Config::default(),
@@ -134,6 +157,7 @@ async fn pipelines(client: &Client, ctx: Arc<Context>) {
         managed(),
     )
     .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed())
+    .reconcile_on(changed)
     .shutdown_on_signal()
     .run(reconcile_pipeline, error_policy, ctx)
     .for_each(log_skipped)

@@ -9,7 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 /// The condition `kubectl wait --for=condition=Ready` and Argo CD health checks read.
 pub const READY: &str = "Ready";
 /// Whether the pipeline's topics exist with at least their partitions.
-pub const TOPICS_ENSURED: &str = "TopicsEnsured";
+pub const TOPICS_READY: &str = "TopicsReady";
+/// Ready's reason while the topics are not ready (TopicsReady says why).
+pub const TOPICS_NOT_READY: &str = "TopicsNotReady";
 
 /// One condition as observed now.
 #[derive(Clone, Debug, PartialEq, Eq)]

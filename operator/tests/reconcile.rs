@@ -1,10 +1,12 @@
 //! The reconcilers against a stateful fake API server (kube-fake-client): create,
-//! update with pruning, no-op with zero writes, status conditions, Kafka failures,
-//! invalid specs, a binding whose pipeline is missing and then appears, and deletion
-//! cleanup through owner references.
+//! update with pruning, no-op with zero writes, hand edits undone, status conditions,
+//! Kafka failures and a Kafka that never answers, invalid specs, a binding whose
+//! pipeline is missing and then appears, one Event per transition, and deletion cleanup
+//! through owner references.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -22,15 +24,17 @@ use weir_operator::apply::NamespacedObject;
 use weir_operator::build::Defaults;
 use weir_operator::controller::{Context, reconcile_pipeline, reconcile_sink};
 use weir_operator::metrics::Metrics;
-use weir_operator::topics::TopicAdmin;
+use weir_operator::topics::{TopicAdmin, TopicSettings};
 
 const NS: &str = "analytics";
 
-/// Records the topic lists it is asked for; fails while `fail` is set.
+/// Records the topic lists it is asked for; fails while `fail` is set, never answers
+/// while `hang` is set.
 #[derive(Default)]
 struct FakeAdmin {
     calls: Mutex<Vec<Vec<String>>>,
     fail: Mutex<Option<String>>,
+    hang: std::sync::atomic::AtomicBool,
 }
 
 impl TopicAdmin for FakeAdmin {
@@ -44,6 +48,9 @@ impl TopicAdmin for FakeAdmin {
                 .lock()
                 .unwrap()
                 .push(topics.iter().map(|t| t.name.clone()).collect());
+            if self.hang.load(Ordering::SeqCst) {
+                futures_util::future::pending::<()>().await;
+            }
             match self.fail.lock().unwrap().clone() {
                 Some(error) => Err(error),
                 None => Ok(()),
@@ -147,7 +154,15 @@ async fn harness() -> Harness {
             image: "registry.example/weir:test".into(),
         },
         admin.clone(),
+        TopicSettings {
+            attempt_timeout: Duration::from_millis(300),
+            first_wait: Duration::from_millis(100),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            ..TopicSettings::default()
+        },
         Metrics::new(),
+        "operator-0",
     ));
     Harness {
         client,
@@ -212,6 +227,33 @@ impl Harness {
 
     fn writes(&self) -> usize {
         self.writes.load(Ordering::SeqCst)
+    }
+
+    async fn events(&self) -> Vec<k8s_openapi::api::events::v1::Event> {
+        self.api::<k8s_openapi::api::events::v1::Event>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// The reasons of the Events recorded so far, oldest first.
+    async fn event_reasons(&self) -> Vec<String> {
+        self.events()
+            .await
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    /// The notes of the Events with this reason.
+    async fn event_notes(&self, reason: &str) -> Vec<String> {
+        self.events()
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .collect()
     }
 
     /// Marks the Deployment's pods ready, as the Deployment controller would.
@@ -283,10 +325,7 @@ async fn pipeline_create_then_noop_then_ready() {
         ("False", "Progressing")
     );
     assert_eq!(ready.observed_generation, pipeline.metadata.generation);
-    assert_eq!(
-        condition(&status.conditions, "TopicsEnsured").status,
-        "True"
-    );
+    assert_eq!(condition(&status.conditions, "TopicsReady").status, "True");
 
     // Nothing changed: the reconcile reads but writes nothing, and Kafka is not asked again.
     let before = h.writes();
@@ -390,19 +429,24 @@ async fn routing_change_updates_the_routing_map_but_not_the_pods() {
 }
 
 #[tokio::test]
-async fn kafka_failure_sets_conditions_and_retries_kafka_next_time() {
+async fn kafka_failure_sets_conditions_and_retries_in_the_background() {
     let h = harness().await;
     *h.admin.fail.lock().unwrap() = Some("broker transport failure".into());
     h.create(&example_pipeline()).await;
     let pipeline = h.reconcile_pipeline("clickstream").await;
+    // The children are written regardless.
+    assert_eq!(h.names::<Deployment>().await, ["clickstream-gateway"]);
     let status = pipeline.status.unwrap();
     let ready = condition(&status.conditions, "Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "TopicsNotReady")
+    );
+    let topics = condition(&status.conditions, "TopicsReady");
+    assert_eq!(
+        (topics.status.as_str(), topics.reason.as_str()),
         ("False", "TopicsFailed")
     );
-    let topics = condition(&status.conditions, "TopicsEnsured");
-    assert_eq!(topics.status, "False");
     assert!(topics.message.contains("kafka:9092"), "{}", topics.message);
     assert!(
         topics.message.contains("broker transport failure"),
@@ -410,16 +454,160 @@ async fn kafka_failure_sets_conditions_and_retries_kafka_next_time() {
         topics.message
     );
     assert!(status.topics_ensured.is_empty());
+    // One Event for the failure, not one per condition.
+    assert_eq!(h.event_reasons().await, ["TopicsFailed"]);
 
+    // Kafka recovers: the worker's next try succeeds without any reconcile asking.
     *h.admin.fail.lock().unwrap() = None;
+    let calls = h.admin.calls.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.admin.calls.lock().unwrap().len() == calls {
+        assert!(Instant::now() < deadline, "the worker retries by itself");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let pipeline = h.reconcile_pipeline("clickstream").await;
-    assert_eq!(h.admin.calls.lock().unwrap().len(), 2);
     let status = pipeline.status.unwrap();
-    assert_eq!(
-        condition(&status.conditions, "TopicsEnsured").status,
-        "True"
-    );
+    assert_eq!(condition(&status.conditions, "TopicsReady").status, "True");
     assert_eq!(condition(&status.conditions, "Ready").reason, "Progressing");
+}
+
+#[tokio::test]
+async fn a_kafka_that_never_answers_does_not_hold_the_reconcile() {
+    let h = harness().await;
+    h.admin.hang.store(true, Ordering::SeqCst);
+    h.create(&example_pipeline()).await;
+    let started = Instant::now();
+    let pipeline = h.reconcile_pipeline("clickstream").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the reconcile waited {:?} on Kafka",
+        started.elapsed()
+    );
+    assert_eq!(h.names::<Deployment>().await, ["clickstream-gateway"]);
+    let status = pipeline.status.unwrap();
+    let topics = condition(&status.conditions, "TopicsReady");
+    assert_eq!(
+        (topics.status.as_str(), topics.reason.as_str()),
+        ("False", "Creating")
+    );
+    assert_eq!(status.replicas, Some(2));
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("clickstream-gateway.analytics.svc:80")
+    );
+
+    // The attempt's own timeout turns into a failure with the reason.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = h.reconcile_pipeline("clickstream").await.status.unwrap();
+    let topics = condition(&status.conditions, "TopicsReady");
+    assert_eq!(topics.reason, "TopicsFailed");
+    assert!(
+        topics.message.contains("no answer from Kafka"),
+        "{}",
+        topics.message
+    );
+}
+
+#[tokio::test]
+async fn hand_edits_of_children_are_undone_without_writes_in_steady_state() {
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+    h.reconcile_pipeline("clickstream").await;
+
+    // A hand-set image and a hand-edited routing table.
+    h.api::<Deployment>()
+        .patch(
+            "clickstream-gateway",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "gateway", "image": "attacker/weir:latest"}
+            ]}}}})),
+        )
+        .await
+        .unwrap();
+    h.api::<ConfigMap>()
+        .patch(
+            "clickstream-gateway-routing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"routing.yaml": "rules: []\n"}})),
+        )
+        .await
+        .unwrap();
+    h.reconcile_pipeline("clickstream").await;
+    let deployment = h
+        .api::<Deployment>()
+        .get("clickstream-gateway")
+        .await
+        .unwrap();
+    let image = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("registry.example/weir:test"));
+    let routing = h
+        .api::<ConfigMap>()
+        .get("clickstream-gateway-routing")
+        .await
+        .unwrap();
+    assert_ne!(routing.data.unwrap()["routing.yaml"], "rules: []\n");
+    let notes = h.event_notes("DriftCorrected").await;
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n
+                .starts_with("Deployment/clickstream-gateway: spec.template.spec.containers[0].")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("ConfigMap/clickstream-gateway-routing: data.routing.yaml")),
+        "{notes:?}"
+    );
+
+    // Corrected: the next reconcile writes nothing.
+    let before = h.writes();
+    h.reconcile_pipeline("clickstream").await;
+    assert_eq!(h.writes(), before);
+}
+
+#[tokio::test]
+async fn each_pruned_child_gets_its_own_event() {
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+    h.reconcile_pipeline("clickstream").await;
+    let mut live = h.api::<IngestPipeline>().get("clickstream").await.unwrap();
+    live.spec.workload.autoscaling = None;
+    live.spec.workload.replicas = Some(1);
+    h.api::<IngestPipeline>()
+        .replace("clickstream", &PostParams::default(), &live)
+        .await
+        .unwrap();
+    h.reconcile_pipeline("clickstream").await;
+    let mut notes = h.event_notes("Pruned").await;
+    notes.sort();
+    assert_eq!(
+        notes,
+        [
+            "deleted HorizontalPodAutoscaler/clickstream-gateway: the spec no longer needs it",
+            "deleted PodDisruptionBudget/clickstream-gateway: the spec no longer needs it",
+        ]
+    );
+    let events = h
+        .api::<k8s_openapi::api::events::v1::Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    for event in events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Pruned"))
+    {
+        let related = event.related.as_ref().expect("names the pruned object");
+        assert_eq!(related.name.as_deref(), Some("clickstream-gateway"));
+        assert_eq!(event.reporting_instance.as_deref(), Some("operator-0"));
+    }
 }
 
 #[tokio::test]
@@ -592,7 +780,6 @@ async fn reconciles_and_writes_are_counted() {
 
 #[tokio::test]
 async fn failures_back_off_and_success_resets_the_backoff() {
-    use std::time::Duration;
     use weir_operator::controller::error_policy;
     let h = harness().await;
     h.create(&example_pipeline()).await;

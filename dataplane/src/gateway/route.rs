@@ -18,8 +18,7 @@ use arc_swap::ArcSwap;
 use globset::{Glob, GlobMatcher};
 use weir_crds::pipeline::{InvalidPolicy, RoutingSpec, UnmatchedPolicy};
 
-/// Kafka's limit on topic name length.
-const MAX_TOPIC_LEN: usize = 249;
+use weir_crds::pipeline::MAX_TOPIC_NAME as MAX_TOPIC_LEN;
 /// Types remembered per table; past this, routes are computed each time.
 const CACHE_LIMIT: usize = 10_000;
 

@@ -7,8 +7,8 @@
 //! - Every child has a controller owner reference to its resource, so deleting the
 //!   resource lets Kubernetes' garbage collector delete the children.
 //! - Every child is annotated with the hash of its own desired content
-//!   ([`APPLIED_HASH`]); the shell skips the write when the live object carries the same
-//!   hash, which is what makes a no-op reconcile write nothing.
+//!   ([`APPLIED_HASH`]), so the shell can tell a spec change from a hand edit of a live
+//!   object whose desired content did not change.
 //! - Pod templates carry the hash of the configuration they mount ([`CONFIG_HASH`]), so a
 //!   configuration change rolls the pods, while the routing table (a separate ConfigMap,
 //!   mounted as a directory so the kubelet refreshes it) reloads in place.

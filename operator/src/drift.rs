@@ -1,0 +1,177 @@
+//! Whether a live child still holds what the operator wants it to hold.
+//!
+//! The desired object lists only the fields the operator owns; the live one also has
+//! what the API server defaulted (a container's `terminationMessagePath`, a Service's
+//! `clusterIP`) and what other managers own (the HPA's replica count). So the live
+//! object is current when the desired one is contained in it: every field the desired
+//! object sets has the same value live, lists item by item, quantities by their value
+//! (the API server writes `500m` for `0.5`). Anything else is drift: a hand edit, or an
+//! object another tool rewrote, and the shell applies the desired object again.
+//!
+//! Pure: no I/O, so it is tested on plain JSON.
+
+use serde_json::Value;
+
+/// The first place where `live` does not hold what `desired` sets, as a field path
+/// (`spec.template.spec.containers[0].image`), or `None` when it holds all of it.
+pub fn first_difference(desired: &Value, live: &Value) -> Option<String> {
+    difference(desired, live, &mut Vec::new())
+}
+
+fn difference(desired: &Value, live: &Value, path: &mut Vec<String>) -> Option<String> {
+    let here = |path: &[String]| path.join("").trim_start_matches('.').to_string();
+    match (desired, live) {
+        // Unset desired fields are not owned; the API server drops zero values of
+        // `omitempty` fields (`readOnly: false`, empty maps and lists).
+        (Value::Null, _) => None,
+        (d, Value::Null) if is_zero(d) => None,
+        (Value::Object(d), Value::Object(l)) => d.iter().find_map(|(key, value)| {
+            path.push(format!(".{key}"));
+            let found = difference(value, l.get(key).unwrap_or(&Value::Null), path);
+            path.pop();
+            found
+        }),
+        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => {
+            d.iter().zip(l).enumerate().find_map(|(i, (d, l))| {
+                path.push(format!("[{i}]"));
+                let found = difference(d, l, path);
+                path.pop();
+                found
+            })
+        }
+        (Value::Number(d), Value::Number(l)) => (d.as_f64() != l.as_f64()).then(|| here(path)),
+        (Value::String(d), Value::String(l)) if d != l => {
+            let quantity = path
+                .iter()
+                .rev()
+                .nth(1)
+                .is_some_and(|parent| parent == ".limits" || parent == ".requests");
+            let same =
+                quantity && quantity_value(d).is_some() && quantity_value(d) == quantity_value(l);
+            (!same).then(|| here(path))
+        }
+        (d, l) if d == l => None,
+        _ => Some(here(path)),
+    }
+}
+
+/// Go's zero value for the JSON type: what `omitempty` leaves out.
+fn is_zero(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Object(map) => map.is_empty(),
+        Value::Array(items) => items.is_empty(),
+    }
+}
+
+/// The value of a Kubernetes quantity (`250m`, `1Gi`, `1e3`, `0.5`), for comparing two
+/// spellings of the same amount; `None` when the text is not a quantity.
+fn quantity_value(text: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 13] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    let (number, scale) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, scale)| text.strip_suffix(suffix).map(|n| (n, *scale)))
+        .or_else(|| text.strip_suffix('P').map(|n| (n, 1e15)))
+        .or_else(|| text.strip_suffix('E').map(|n| (n, 1e18)))
+        .unwrap_or((text, 1.0));
+    let value: f64 = number.parse().ok()?;
+    value.is_finite().then_some(value * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_and_other_managers_fields_are_not_drift() {
+        let desired = json!({
+            "metadata": {"labels": {"a": "1"}, "annotations": {}},
+            "spec": {"template": {"spec": {"containers": [{"name": "gateway", "image": "weir:1",
+                     "volumeMounts": [{"name": "config", "readOnly": false}]}]}},
+                     "tolerations": []}
+        });
+        let live = json!({
+            "metadata": {"labels": {"a": "1", "other": "x"}, "resourceVersion": "7"},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [
+                {"name": "gateway", "image": "weir:1", "terminationMessagePath": "/dev/termination-log",
+                 "volumeMounts": [{"name": "config"}]}
+            ]}}}
+        });
+        assert_eq!(first_difference(&desired, &live), None);
+    }
+
+    #[test]
+    fn hand_edits_are_drift_and_named_by_path() {
+        let desired =
+            json!({"spec": {"template": {"spec": {"containers": [{"image": "weir:1"}]}}}});
+        let live =
+            json!({"spec": {"template": {"spec": {"containers": [{"image": "weir:hacked"}]}}}});
+        assert_eq!(
+            first_difference(&desired, &live).as_deref(),
+            Some("spec.template.spec.containers[0].image")
+        );
+        let data = json!({"data": {"routing.yaml": "rules: []"}});
+        assert_eq!(
+            first_difference(&data, &json!({"data": {"routing.yaml": "edited"}})).as_deref(),
+            Some("data.routing.yaml")
+        );
+        assert_eq!(
+            first_difference(&data, &json!({"data": {}})).as_deref(),
+            Some("data.routing.yaml")
+        );
+        // A list that grew or shrank by hand.
+        assert_eq!(
+            first_difference(&json!({"ports": [1, 2]}), &json!({"ports": [1]})).as_deref(),
+            Some("ports")
+        );
+    }
+
+    #[test]
+    fn quantities_compare_by_value_only_under_resources() {
+        let desired = json!({"resources": {"limits": {"cpu": "0.5", "memory": "1024Mi"}, "requests": {"cpu": "1000m"}}});
+        let live = json!({"resources": {"limits": {"cpu": "500m", "memory": "1Gi"}, "requests": {"cpu": "1"}}});
+        assert_eq!(first_difference(&desired, &live), None);
+        let edited = json!({"resources": {"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "1"}}});
+        assert_eq!(
+            first_difference(&desired, &edited).as_deref(),
+            Some("resources.limits.cpu")
+        );
+        // Elsewhere text is text.
+        assert!(
+            first_difference(
+                &json!({"data": {"x": "1k"}}),
+                &json!({"data": {"x": "1000"}})
+            )
+            .is_some()
+        );
+        // Numbers compare by value.
+        assert_eq!(first_difference(&json!({"n": 1}), &json!({"n": 1.0})), None);
+    }
+
+    #[test]
+    fn quantity_spellings() {
+        assert_eq!(quantity_value("250m"), Some(0.25));
+        assert_eq!(quantity_value("2Ki"), Some(2048.0));
+        assert_eq!(quantity_value("1e3"), Some(1000.0));
+        assert_eq!(quantity_value("3"), Some(3.0));
+        assert_eq!(quantity_value("lots"), None);
+    }
+}
