@@ -104,6 +104,12 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let output = self.output();
+            let lines: Vec<&str> = output.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            eprintln!("--- last lines of {}:\n{tail}", self.name);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -121,6 +127,7 @@ struct Cluster {
 impl Cluster {
     /// `None` (after saying why) when the binaries are missing.
     async fn start() -> Option<Self> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let missing: Vec<_> = ["kube-apiserver", "etcd"]
             .into_iter()
             .filter(|p| !on_path(p))
@@ -408,7 +415,7 @@ async fn install_crds(client: &Client) {
 async fn install_rbac(client: &Client) {
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/weir-operator");
     let output = Command::new("helm")
-        .args(["template", "weir", chart.to_str().unwrap()])
+        .args(["template", "weir-operator", chart.to_str().unwrap()])
         .args(["--namespace", OPERATOR_NS])
         .output()
         .expect("helm on PATH (.ci/test installs it)");
@@ -523,9 +530,17 @@ async fn the_operator_on_a_real_api_server() {
     assert_eq!(refusal(&admin, &pipeline()).await, None);
     let broken = |pointer: &str, value: Value| {
         let mut object = pipeline();
-        *object
-            .pointer_mut(pointer)
-            .unwrap_or_else(|| panic!("{pointer}")) = value;
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        match object
+            .pointer_mut(parent)
+            .unwrap_or_else(|| panic!("{parent}"))
+        {
+            Value::Object(map) => {
+                map.insert(key.into(), value);
+            }
+            Value::Array(items) => items[key.parse::<usize>().unwrap()] = value,
+            _ => panic!("{parent} holds no fields"),
+        }
         object
     };
     for (object, message) in [
