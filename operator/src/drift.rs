@@ -4,9 +4,11 @@
 //! what the API server defaulted (a container's `terminationMessagePath`, a Service's
 //! `clusterIP`) and what other managers own (the HPA's replica count). So the live
 //! object is current when the desired one is contained in it: every field the desired
-//! object sets has the same value live, lists item by item, quantities by their value
-//! (the API server writes `500m` for `0.5`). Anything else is drift: a hand edit, or an
-//! object another tool rewrote, and the shell applies the desired object again.
+//! object sets has the same value live, quantities by their value (the API server
+//! writes `500m` for `0.5`). Lists of named items (containers, env, volumes, ports)
+//! match item by name, and items another manager added live are theirs, as server-side
+//! apply sees them; other lists match item by item. Anything else is drift: a hand edit,
+//! or an object another tool rewrote, and the shell applies the desired object again.
 //!
 //! Pure: no I/O, so it is tested on plain JSON.
 
@@ -31,6 +33,18 @@ fn difference(desired: &Value, live: &Value, path: &mut Vec<String>) -> Option<S
             path.pop();
             found
         }),
+        (Value::Array(d), Value::Array(l)) if d.iter().all(|item| item.get("name").is_some()) => {
+            d.iter().find_map(|item| {
+                let name = &item["name"];
+                path.push(format!("[name={}]", name.as_str().unwrap_or_default()));
+                let found = match l.iter().find(|live| live.get("name") == Some(name)) {
+                    Some(live) => difference(item, live, path),
+                    None => Some(here(path)),
+                };
+                path.pop();
+                found
+            })
+        }
         (Value::Array(d), Value::Array(l)) if d.len() == l.len() => {
             d.iter().zip(l).enumerate().find_map(|(i, (d, l))| {
                 path.push(format!("[{i}]"));
@@ -137,10 +151,10 @@ mod tests {
             first_difference(&data, &json!({"data": {}})).as_deref(),
             Some("data.routing.yaml")
         );
-        // A list that grew or shrank by hand.
+        // A list of unnamed items that grew or shrank by hand.
         assert_eq!(
-            first_difference(&json!({"ports": [1, 2]}), &json!({"ports": [1]})).as_deref(),
-            Some("ports")
+            first_difference(&json!({"args": ["a", "b"]}), &json!({"args": ["a"]})).as_deref(),
+            Some("args")
         );
     }
 

@@ -553,10 +553,9 @@ async fn hand_edits_of_children_are_undone_without_writes_in_steady_state() {
     let notes = h.event_notes("DriftCorrected").await;
     assert_eq!(notes.len(), 2, "{notes:?}");
     assert!(
-        notes
-            .iter()
-            .any(|n| n
-                .starts_with("Deployment/clickstream-gateway: spec.template.spec.containers[0].")),
+        notes.iter().any(|n| n.starts_with(
+            "Deployment/clickstream-gateway: spec.template.spec.containers[name=gateway]."
+        )),
         "{notes:?}"
     );
     assert!(
