@@ -157,7 +157,7 @@ impl Cluster {
                 .arg(format!("--listen-peer-urls={peer_url}"))
                 .arg(format!("--initial-advertise-peer-urls={peer_url}"))
                 .arg(format!("--initial-cluster=weir-test={peer_url}"))
-                .arg("--log-level=warn"),
+                .arg("--log-level=error"),
         ));
 
         let key = openssl::rsa::Rsa::generate(2048).unwrap();
