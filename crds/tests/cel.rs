@@ -1,16 +1,10 @@
 //! The CEL rules of the generated CRDs, evaluated as an API server would (kube-cel),
 //! on the examples and on specs each rule must refuse.
 
-use serde_json::{Value, json};
+mod common;
 
-/// The openAPIV3Schema of a generated CRD.
-fn schema(file: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("generated")
-        .join(file);
-    let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
-}
+use common::schema;
+use serde_json::{Value, json};
 
 fn example(file: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

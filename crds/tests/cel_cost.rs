@@ -15,6 +15,9 @@
 //! pattern's length, a list or map read whole costs its bound times its items' cost, and
 //! every rule runs once per item of each enclosing list or map.
 
+mod common;
+
+use common::schema;
 use serde_json::Value;
 
 /// apiextensions' `StaticEstimatedCostLimit`: one rule, times its cardinality.
@@ -23,14 +26,6 @@ const RULE_LIMIT: f64 = 10_000_000.0;
 const CRD_LIMIT: f64 = 100_000_000.0;
 /// How close to a limit an estimate may come.
 const MARGIN: f64 = 0.1;
-
-fn schema(file: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("generated")
-        .join(file);
-    let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
-}
 
 /// A rule found in the schema, with where it runs and how often.
 struct Placed<'a> {

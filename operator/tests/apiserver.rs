@@ -342,6 +342,18 @@ fn writes(text: &str) -> f64 {
         .sum()
 }
 
+/// Lets reconciles in flight settle, then checks that 5 s pass without a write.
+async fn assert_no_writes(metrics_port: u16, when: &str) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = writes(&metrics(metrics_port).await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        writes(&metrics(metrics_port).await),
+        before,
+        "writes {when}"
+    );
+}
+
 fn example(file: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
@@ -700,15 +712,15 @@ async fn the_operator_on_a_real_api_server() {
         .await
         .unwrap();
     let configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
-    eventually("the routing edit applied", SOON, || async {
+    let routes_to_ads_v2 = || async {
         let routing = configmaps.get("clickstream-gateway-routing").await.ok()?;
         routing
             .data?
             .get("routing.yaml")?
             .contains("ads-v2")
             .then_some(())
-    })
-    .await;
+    };
+    eventually("the routing edit applied", SOON, routes_to_ads_v2).await;
     assert_eq!(
         deployments
             .get("clickstream-gateway")
@@ -751,29 +763,14 @@ async fn the_operator_on_a_real_api_server() {
         (image == "registry.example/weir:test").then_some(())
     })
     .await;
-    eventually("the routing table restored", SOON, || async {
-        let routing = configmaps.get("clickstream-gateway-routing").await.ok()?;
-        routing
-            .data?
-            .get("routing.yaml")?
-            .contains("ads-v2")
-            .then_some(())
-    })
-    .await;
+    eventually("the routing table restored", SOON, routes_to_ads_v2).await;
     eventually("the Service recreated", SOON, || async {
         services.get_opt("clickstream-gateway").await.unwrap()
     })
     .await;
 
     // Steady state: no writes at all.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = writes(&metrics(leader_metrics).await);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(
-        writes(&metrics(leader_metrics).await),
-        before,
-        "writes in steady state"
-    );
+    assert_no_writes(leader_metrics, "in steady state").await;
 
     // Pruning HPA and PDB: one Event each, naming it, from this replica.
     pipelines
@@ -915,14 +912,7 @@ async fn the_operator_on_a_real_api_server() {
 
     // After the takeover (a restart, for the Deployment-watch's view): zero writes in
     // steady state; and with the chart's RBAC, nothing was forbidden.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let before = writes(&metrics(follower_metrics).await);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(
-        writes(&metrics(follower_metrics).await),
-        before,
-        "writes in steady state after a restart"
-    );
+    assert_no_writes(follower_metrics, "in steady state after a restart").await;
     for log in [leader.output(), follower.output()] {
         assert!(!log.contains("Forbidden") && !log.contains(" 403"), "{log}");
     }

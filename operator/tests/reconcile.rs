@@ -390,6 +390,31 @@ async fn pipeline_update_prunes_what_the_spec_no_longer_needs() {
     let status = pipeline.status.unwrap();
     assert_eq!(status.replicas, Some(1));
     assert_eq!(status.observed_generation, pipeline.metadata.generation);
+
+    // One Event per pruned object, naming it.
+    let mut notes = h.event_notes("Pruned").await;
+    notes.sort();
+    assert_eq!(
+        notes,
+        [
+            "deleted HorizontalPodAutoscaler/clickstream-gateway: the spec no longer needs it",
+            "deleted PodDisruptionBudget/clickstream-gateway: the spec no longer needs it",
+        ]
+    );
+    let events = h
+        .api::<k8s_openapi::api::events::v1::Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    for event in events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Pruned"))
+    {
+        let related = event.related.as_ref().expect("names the pruned object");
+        assert_eq!(related.name.as_deref(), Some("clickstream-gateway"));
+        assert_eq!(event.reporting_instance.as_deref(), Some("operator-0"));
+    }
 }
 
 #[tokio::test]
@@ -569,44 +594,6 @@ async fn hand_edits_of_children_are_undone_without_writes_in_steady_state() {
     let before = h.writes();
     h.reconcile_pipeline("clickstream").await;
     assert_eq!(h.writes(), before);
-}
-
-#[tokio::test]
-async fn each_pruned_child_gets_its_own_event() {
-    let h = harness().await;
-    h.create(&example_pipeline()).await;
-    h.reconcile_pipeline("clickstream").await;
-    let mut live = h.api::<IngestPipeline>().get("clickstream").await.unwrap();
-    live.spec.workload.autoscaling = None;
-    live.spec.workload.replicas = Some(1);
-    h.api::<IngestPipeline>()
-        .replace("clickstream", &PostParams::default(), &live)
-        .await
-        .unwrap();
-    h.reconcile_pipeline("clickstream").await;
-    let mut notes = h.event_notes("Pruned").await;
-    notes.sort();
-    assert_eq!(
-        notes,
-        [
-            "deleted HorizontalPodAutoscaler/clickstream-gateway: the spec no longer needs it",
-            "deleted PodDisruptionBudget/clickstream-gateway: the spec no longer needs it",
-        ]
-    );
-    let events = h
-        .api::<k8s_openapi::api::events::v1::Event>()
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    for event in events
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("Pruned"))
-    {
-        let related = event.related.as_ref().expect("names the pruned object");
-        assert_eq!(related.name.as_deref(), Some("clickstream-gateway"));
-        assert_eq!(event.reporting_instance.as_deref(), Some("operator-0"));
-    }
 }
 
 #[tokio::test]
