@@ -249,6 +249,12 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
             "must be longer than websocket.pingInterval, or live clients would be closed",
         ));
     }
+    if let Some(i) = spec.auth.tokens.iter().position(|t| t.trim().is_empty()) {
+        return Err(invalid(
+            &format!("auth.tokens[{i}]"),
+            "is empty; a blank token would let a request with an empty credential in",
+        ));
+    }
     if spec.identity.id_header.trim().is_empty() {
         return Err(invalid("identity.idHeader", "must not be empty"));
     }
@@ -379,6 +385,11 @@ mod tests {
                 "topics:\n  - name: ok\n  - name: 'no good'\n",
                 &[],
                 "topics[1].name",
+            ),
+            (
+                "auth:\n  tokens: [good, '']\n",
+                &[],
+                "auth.tokens[1]: is empty",
             ),
             ("- a\n- b\n", &[], "mapping"),
         ];

@@ -86,11 +86,19 @@ impl Authenticator {
                 self.header
             )));
         };
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .unwrap_or(value)
-            .trim();
+        // The scheme is case-insensitive (RFC 9110 §11.1); a bare token is accepted too.
+        let value = value.trim();
+        let token = match value.split_once(char::is_whitespace) {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            None if value.eq_ignore_ascii_case("bearer") => "",
+            _ => value,
+        };
+        if token.is_empty() {
+            return Err(Rejection::Unauthorized(format!(
+                "empty token in the {} header",
+                self.header
+            )));
+        }
         if self.tokens.contains(token) {
             Ok(())
         } else {
@@ -282,7 +290,15 @@ mod tests {
         })
         .unwrap();
         assert!(on.check(|_| Some("Bearer s3cret")).is_ok());
+        assert!(on.check(|_| Some("BEARER  s3cret")).is_ok());
+        assert!(on.check(|_| Some("bearer s3cret")).is_ok());
         assert!(on.check(|_| Some("s3cret")).is_ok());
+        for empty in ["", "  ", "Bearer", "Bearer  "] {
+            assert!(
+                matches!(on.check(|_| Some(empty)), Err(Rejection::Unauthorized(m)) if m.contains("empty token")),
+                "{empty:?}"
+            );
+        }
         assert!(matches!(
             on.check(|_| Some("Bearer nope")),
             Err(Rejection::Unauthorized(_))
