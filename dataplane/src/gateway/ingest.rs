@@ -127,6 +127,7 @@ impl Ingestor {
         request: &SendEventRequest,
         wire_bytes: usize,
     ) -> Result<SendEventResponse, Rejection> {
+        let sent_time_micros = sent_time_micros(request.sent_time.as_ref())?;
         let permits = u32::try_from(wire_bytes.max(1)).map_err(|_| Rejection::TooLarge {
             limit: u32::MAX as usize,
         })?;
@@ -182,9 +183,7 @@ impl Ingestor {
         let context = BatchContext {
             req_guid: &request.req_guid,
             group: &identity.group,
-            sent_time_micros: request
-                .sent_time
-                .map(|t| t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos / 1000)),
+            sent_time_micros,
             received_at,
         };
         let pending = self.publisher.publish(outgoing, &context);
@@ -239,5 +238,53 @@ struct InflightGauge<'a>(&'a Metrics, usize);
 impl Drop for InflightGauge<'_> {
     fn drop(&mut self) {
         self.0.inflight_bytes.sub(self.1 as i64);
+    }
+}
+
+/// Earliest and latest `sent_time` seconds: 0001-01-01T00:00:00Z and
+/// 9999-12-31T23:59:59Z, the range of `google.protobuf.Timestamp`.
+const SENT_TIME_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// The client's `sent_time` as Unix microseconds; a time outside the protobuf
+/// Timestamp range (or with nanos outside 0..1e9) is refused rather than wrapped.
+fn sent_time_micros(sent_time: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Rejection> {
+    let Some(t) = sent_time else {
+        return Ok(None);
+    };
+    if !SENT_TIME_SECONDS.contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Rejection::BadRequest(format!(
+            "sent_time {}s {}ns is outside years 0001 to 9999 (or nanos outside 0..1e9)",
+            t.seconds, t.nanos
+        )));
+    }
+    // In range, seconds × 10⁶ fits an i64 with room to spare.
+    Ok(Some(t.seconds * 1_000_000 + i64::from(t.nanos / 1000)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::Timestamp;
+
+    #[test]
+    fn sent_time_outside_the_timestamp_range_is_refused_not_wrapped() {
+        let at = |seconds, nanos| sent_time_micros(Some(&Timestamp { seconds, nanos }));
+        assert_eq!(at(1_700_000_000, 5_000), Ok(Some(1_700_000_000_000_005)));
+        assert_eq!(sent_time_micros(None), Ok(None));
+        assert!(at(253_402_300_799, 999_999_999).is_ok());
+        assert!(at(-62_135_596_800, 0).is_ok());
+        // i64::MAX seconds, year 10000, year 0, negative nanos.
+        for (seconds, nanos) in [
+            (i64::MAX, 0),
+            (253_402_300_800, 0),
+            (-62_135_596_801, 0),
+            (0, -1),
+            (0, 1_000_000_000),
+        ] {
+            assert!(
+                matches!(at(seconds, nanos), Err(Rejection::BadRequest(m)) if m.contains("sent_time")),
+                "{seconds} {nanos}"
+            );
+        }
     }
 }
