@@ -120,14 +120,38 @@ async fn content_types_gzip_and_ping() {
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&batch.encode_to_vec()).unwrap();
+    let gzipped = gz.finish().unwrap();
+    // Content codings are case-insensitive; x-gzip is gzip; identity is none.
+    for coding in ["gzip", "GZIP", " Gzip ", "x-gzip"] {
+        let (status, _, _) = post(
+            &gateway,
+            "application/proto",
+            gzipped.clone(),
+            &[("Content-Encoding", coding)],
+        )
+        .await;
+        assert_eq!(status, 200, "gzip body as {coding:?}");
+    }
     let (status, _, _) = post(
         &gateway,
         "application/proto",
-        gz.finish().unwrap(),
-        &[("Content-Encoding", "gzip")],
+        batch.encode_to_vec(),
+        &[("Content-Encoding", "identity")],
     )
     .await;
-    assert_eq!(status, 200, "gzip body");
+    assert_eq!(status, 200, "identity");
+    // Any other coding: 415 with an answer naming it, in the request's encoding.
+    let (status, _, body) = post(
+        &gateway,
+        "application/proto",
+        batch.encode_to_vec(),
+        &[("Content-Encoding", "br")],
+    )
+    .await;
+    assert_eq!(status, 415);
+    let answer = SendEventResponse::decode(&body[..]).unwrap();
+    assert_eq!(answer.code(), Code::BadRequest);
+    assert!(answer.reason.contains("\"br\""), "{}", answer.reason);
 
     let pong = reqwest::get(format!("http://{}/ping", gateway.http_addr))
         .await

@@ -23,6 +23,9 @@ pub enum Rejection {
         "unsupported content type {0:?}: use application/proto, application/x-protobuf or application/json"
     )]
     UnsupportedMediaType(String),
+    /// The HTTP content coding is not one the gateway reads.
+    #[error("unsupported content encoding {0:?}: send gzip, or no Content-Encoding")]
+    UnsupportedEncoding(String),
     /// The request body did not arrive within `limits.readTimeout`.
     #[error("the request body did not arrive within {0:?}")]
     ReadTimeout(std::time::Duration),
@@ -55,6 +58,7 @@ impl Rejection {
         match self {
             Rejection::BadRequest(_)
             | Rejection::UnsupportedMediaType(_)
+            | Rejection::UnsupportedEncoding(_)
             | Rejection::ReadTimeout(_) => Code::BadRequest,
             Rejection::Unauthorized(_) => Code::Unauthorized,
             Rejection::TooLarge { .. } => Code::PayloadTooLarge,
@@ -69,7 +73,9 @@ impl Rejection {
     /// The HTTP status for this rejection.
     pub fn http_status(&self) -> StatusCode {
         match self {
-            Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::UnsupportedMediaType(_) | Rejection::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             Rejection::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             other => http_status(other.code()),
         }

@@ -1,8 +1,9 @@
 //! The HTTP port: `POST /api/v1/events`, the WebSocket upgrade on
 //! `GET /api/v1/events`, and `GET /ping`.
 //!
-//! Request bodies may be gzip-compressed (`Content-Encoding: gzip`); the size limit
-//! applies to the decompressed body, so a small compressed bomb is refused too. Answers
+//! Request bodies may be gzip-compressed (`Content-Encoding: gzip`, any case, or
+//! `x-gzip`); the size limit applies to the decompressed body, so a small compressed
+//! bomb is refused too. Any other coding is refused with 415 and a body naming it. Answers
 //! use the request's encoding and carry `Retry-After` when retrying helps.
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,11 +39,55 @@ pub fn routes(shared: Arc<Shared>) -> Router {
         // The handler enforces the batch limit itself, after decompression.
         .layer(DefaultBodyLimit::disable())
         .layer(RequestDecompressionLayer::new())
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            content_coding,
+        ))
         .with_state(shared);
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// Content codings are case-insensitive (RFC 9110 §8.4.1): this spells the one the
+/// decompression layer reads in its canonical form, drops `identity`, and refuses any
+/// other before the body is read.
+async fn content_coding(
+    State(shared): State<Arc<Shared>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(value) = request.headers().get(CONTENT_ENCODING) else {
+        return next.run(request).await;
+    };
+    let coding = value
+        .to_str()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match coding.as_str() {
+        "gzip" | "x-gzip" => {
+            let gzip = HeaderValue::from_static("gzip");
+            request.headers_mut().insert(CONTENT_ENCODING, gzip);
+        }
+        "identity" | "" => {
+            request.headers_mut().remove(CONTENT_ENCODING);
+        }
+        _ => {
+            let kind = decode::content_kind(header(request.headers(), CONTENT_TYPE.as_str()));
+            let fallback = refusal_encoding(&kind);
+            let rejection = Rejection::UnsupportedEncoding(coding);
+            return refuse(
+                &shared,
+                Transport::Http,
+                &rejection,
+                Instant::now(),
+                fallback,
+            );
+        }
+    }
+    next.run(request).await
 }
 
 fn cors_layer(spec: &CorsSpec, pipeline: &weir_crds::PipelineSpec) -> Option<CorsLayer> {
@@ -96,12 +141,7 @@ async fn post_events(
 ) -> Response {
     let received = Instant::now();
     let kind = decode::content_kind(header(&headers, CONTENT_TYPE.as_str()));
-    // Refusals before the body is understood answer in the encoding asked for, or in
-    // Raccoon's JSON when the content type itself is the problem.
-    let fallback = match kind {
-        Ok(ContentKind::Protobuf) => Encoding::Protobuf,
-        _ => Encoding::Json(Dialect::Raccoon),
-    };
+    let fallback = refusal_encoding(&kind);
     let prepared = async {
         let identity = authenticate(&shared, &headers)?;
         let kind = kind?;
@@ -126,6 +166,15 @@ async fn post_events(
             reply(status, &response, encoding)
         }
         Err(rejection) => refuse(&shared, Transport::Http, &rejection, received, fallback),
+    }
+}
+
+/// How to answer a request refused before its body is understood: in the encoding it
+/// asked for, or in Raccoon's JSON when the content type itself is the problem.
+fn refusal_encoding(kind: &Result<ContentKind, Rejection>) -> Encoding {
+    match kind {
+        Ok(ContentKind::Protobuf) => Encoding::Protobuf,
+        _ => Encoding::Json(Dialect::Raccoon),
     }
 }
 
