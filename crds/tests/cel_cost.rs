@@ -98,6 +98,12 @@ fn size(node: &Value, path: &str) -> Result<f64, String> {
             .as_f64()
             .ok_or_else(|| format!("{path} is read by a rule but has no {bound}"))
     };
+    if node["x-kubernetes-preserve-unknown-fields"] == true || node["additionalProperties"] == true
+    {
+        return Err(format!(
+            "{path} is read by a rule but keeps unknown fields, so its size has no bound"
+        ));
+    }
     match node["type"].as_str() {
         Some("string") if node["enum"].is_array() => Ok(1.0),
         Some("string") => Ok((bounded("maxLength")? * 0.1).ceil()),
@@ -113,10 +119,6 @@ fn size(node: &Value, path: &str) -> Result<f64, String> {
             }
             Ok(total)
         }
-        _ if node["x-kubernetes-int-or-string"] == true => Ok(1.0),
-        _ if node["x-kubernetes-preserve-unknown-fields"] == true => Err(format!(
-            "{path} is read by a rule but keeps unknown fields, so its size has no bound"
-        )),
         _ => Ok(1.0),
     }
 }
@@ -129,10 +131,10 @@ fn reads(rule: &str) -> Vec<(Vec<String>, Option<usize>)> {
     let mut found = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let rest = &rule[i..];
+        let rest = &bytes[i..];
         let word = ["oldSelf", "self"]
             .into_iter()
-            .find(|w| rest.starts_with(w) && (i == 0 || !ident(bytes[i - 1])));
+            .find(|w| rest.starts_with(w.as_bytes()) && (i == 0 || !ident(bytes[i - 1])));
         let Some(word) = word else {
             i += 1;
             continue;
@@ -157,10 +159,15 @@ fn reads(rule: &str) -> Vec<(Vec<String>, Option<usize>)> {
             }
             path.push(name.to_string());
         }
+        // The pattern's length, from its opening quote to the next quote; a pattern
+        // that is not a plain literal counts as the rest of the rule.
         let pattern = (method.as_deref() == Some("matches")).then(|| {
-            let quoted = &rule[i + 1..];
-            let quote = quoted.chars().next().unwrap_or('\'');
-            quoted[1..].find(quote).unwrap_or(quoted.len())
+            let quoted = rule.get(i + 1..).unwrap_or_default().trim_start();
+            let quoted = quoted.strip_prefix('r').unwrap_or(quoted);
+            match quoted.chars().next() {
+                Some(quote @ ('\'' | '"')) => quoted[1..].find(quote).unwrap_or(quoted.len()),
+                _ => quoted.len(),
+            }
         });
         found.push((path, pattern));
     }
@@ -182,6 +189,17 @@ fn check(file: &str) -> (Vec<String>, f64) {
     assert!(!placed.is_empty(), "{file} has CEL rules to check");
     let mut total = 0.0;
     for rule in &placed {
+        // Macros run their body once per item; this estimate does not price that.
+        if [".all(", ".exists(", ".exists_one(", ".map(", ".filter("]
+            .iter()
+            .any(|m| rule.rule.contains(m))
+        {
+            problems.push(format!(
+                "{}: rule {:?} iterates; extend this check to price its body per item",
+                rule.path, rule.rule
+            ));
+            continue;
+        }
         let mut per_call = 1.0;
         for (path, pattern) in reads(&rule.rule) {
             let read = resolve(rule.node, &path);

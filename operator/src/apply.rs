@@ -200,12 +200,28 @@ impl Applier<'_> {
                 });
             }
         }
-        api.patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(desired),
-        )
-        .await?;
+        let applied = api
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(desired),
+            )
+            .await;
+        match (applied, &outcome) {
+            (Ok(_), _) => {}
+            // A hand edit the desired object cannot be merged with (two ports of one
+            // name): say so, and let the rest of the reconcile and the status go on.
+            (Err(kube::Error::Api(refusal)), Applied::Corrected(drift)) if refusal.code == 422 => {
+                tracing::warn!(
+                    child = %child.describe(),
+                    field = %drift.field,
+                    error = %refusal.message,
+                    "cannot undo a hand edit; fix or delete the object"
+                );
+                return Ok(Applied::Current);
+            }
+            (Err(error), _) => return Err(error),
+        }
         self.metrics.record_write(child.kind(), "apply");
         Ok(outcome)
     }

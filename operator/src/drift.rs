@@ -23,8 +23,9 @@ pub fn first_difference(desired: &Value, live: &Value) -> Option<String> {
 fn difference(desired: &Value, live: &Value, path: &mut Vec<String>) -> Option<String> {
     let here = |path: &[String]| path.join("").trim_start_matches('.').to_string();
     match (desired, live) {
-        // Unset desired fields are not owned; the API server drops zero values of
-        // `omitempty` fields (`readOnly: false`, empty maps and lists).
+        // Unset desired fields are not owned; the API server drops empty strings, maps
+        // and lists of `omitempty` fields. (`false` and 0 the builders set only on
+        // pointer fields, which the server keeps, so a missing one is drift.)
         (Value::Null, _) => None,
         (d, Value::Null) if is_zero(d) => None,
         (Value::Object(d), Value::Object(l)) => d.iter().find_map(|(key, value)| {
@@ -69,44 +70,73 @@ fn difference(desired: &Value, live: &Value, path: &mut Vec<String>) -> Option<S
     }
 }
 
-/// Go's zero value for the JSON type: what `omitempty` leaves out.
+/// What `omitempty` leaves out of a live object.
 fn is_zero(value: &Value) -> bool {
     match value {
         Value::Null => true,
-        Value::Bool(b) => !b,
-        Value::Number(n) => n.as_f64() == Some(0.0),
         Value::String(s) => s.is_empty(),
         Value::Object(map) => map.is_empty(),
         Value::Array(items) => items.is_empty(),
+        Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
-/// The value of a Kubernetes quantity (`250m`, `1Gi`, `1e3`, `0.5`), for comparing two
+/// The value of a Kubernetes quantity (`250m`, `1Gi`, `1e3`, `0.7`) in nano-units,
+/// exactly (decimal arithmetic, rounded up as the API server rounds), for comparing two
 /// spellings of the same amount; `None` when the text is not a quantity.
-fn quantity_value(text: &str) -> Option<f64> {
-    const SUFFIXES: [(&str, f64); 13] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
+fn quantity_value(text: &str) -> Option<i128> {
+    const BINARY: [(&str, u32); 6] = [
+        ("Ki", 1),
+        ("Mi", 2),
+        ("Gi", 3),
+        ("Ti", 4),
+        ("Pi", 5),
+        ("Ei", 6),
     ];
-    let (number, scale) = SUFFIXES
+    const DECIMAL: [(&str, i32); 8] = [
+        ("n", -9),
+        ("u", -6),
+        ("m", -3),
+        ("k", 3),
+        ("M", 6),
+        ("G", 9),
+        ("T", 12),
+        ("P", 15),
+    ];
+    let (number, power_of_1024, mut exponent) = if let Some((number, k)) = BINARY
         .iter()
-        .find_map(|(suffix, scale)| text.strip_suffix(suffix).map(|n| (n, *scale)))
-        .or_else(|| text.strip_suffix('P').map(|n| (n, 1e15)))
-        .or_else(|| text.strip_suffix('E').map(|n| (n, 1e18)))
-        .unwrap_or((text, 1.0));
-    let value: f64 = number.parse().ok()?;
-    value.is_finite().then_some(value * scale)
+        .find_map(|(suffix, k)| text.strip_suffix(suffix).map(|n| (n, *k)))
+    {
+        (number, k, 0)
+    } else if let Some((number, e)) = DECIMAL
+        .iter()
+        .find_map(|(suffix, e)| text.strip_suffix(suffix).map(|n| (n, *e)))
+    {
+        (number, 0, e)
+    } else if let Some(number) = text.strip_suffix('E') {
+        (number, 0, 18)
+    } else if let Some((number, e)) = text.split_once(['e', 'E']) {
+        (number, 0, e.parse::<i32>().ok()?)
+    } else {
+        (text, 0, 0)
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = format!("{whole}{fraction}");
+    let negative = digits.starts_with('-');
+    let digits = digits.trim_start_matches(['-', '+']);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 30 {
+        return None;
+    }
+    let mut value: i128 = digits.parse().ok()?;
+    exponent += 9 - i32::try_from(fraction.len()).ok()?;
+    if exponent >= 0 {
+        value = value.checked_mul(10i128.checked_pow(exponent.try_into().ok()?)?)?;
+    } else {
+        let divisor = 10i128.checked_pow((-exponent).try_into().ok()?)?;
+        value = (value + divisor - 1) / divisor;
+    }
+    value = value.checked_mul(1024i128.checked_pow(power_of_1024)?)?;
+    Some(if negative { -value } else { value })
 }
 
 #[cfg(test)]
@@ -119,7 +149,7 @@ mod tests {
         let desired = json!({
             "metadata": {"labels": {"a": "1"}, "annotations": {}},
             "spec": {"template": {"spec": {"containers": [{"name": "gateway", "image": "weir:1",
-                     "volumeMounts": [{"name": "config", "readOnly": false}]}]}},
+                     "volumeMounts": [{"name": "config", "subPath": ""}]}]}},
                      "tolerations": []}
         });
         let live = json!({
@@ -168,6 +198,8 @@ mod tests {
             first_difference(&desired, &edited).as_deref(),
             Some("resources.limits.cpu")
         );
+        // A removed `allowPrivilegeEscalation: false` is drift.
+        assert!(first_difference(&json!({"a": false}), &json!({})).is_some());
         // Elsewhere text is text.
         assert!(
             first_difference(
@@ -182,10 +214,21 @@ mod tests {
 
     #[test]
     fn quantity_spellings() {
-        assert_eq!(quantity_value("250m"), Some(0.25));
-        assert_eq!(quantity_value("2Ki"), Some(2048.0));
-        assert_eq!(quantity_value("1e3"), Some(1000.0));
-        assert_eq!(quantity_value("3"), Some(3.0));
+        let nano = 1_000_000_000;
+        assert_eq!(quantity_value("250m"), Some(nano / 4));
+        assert_eq!(quantity_value("2Ki"), Some(2048 * nano));
+        assert_eq!(quantity_value("1e3"), Some(1000 * nano));
+        assert_eq!(quantity_value("3"), Some(3 * nano));
         assert_eq!(quantity_value("lots"), None);
+        // Spellings a float gets wrong: the API server stores 0.7 as 700m.
+        for (a, b) in [
+            ("0.7", "700m"),
+            ("2.3", "2300m"),
+            ("0.009", "9m"),
+            ("1.5Gi", "1536Mi"),
+        ] {
+            assert_eq!(quantity_value(a), quantity_value(b), "{a} {b}");
+        }
+        assert_ne!(quantity_value("0.7"), quantity_value("701m"));
     }
 }

@@ -219,9 +219,21 @@ impl Job {
     async fn run(self) {
         let mut failures: u32 = 0;
         loop {
-            let attempt = self.admin.ensure(&self.kafka, &self.topics);
+            // On a thread of its own: librdkafka's admin client blocks (metadata fetches,
+            // its drop), and must not hold a runtime thread the reconciles and the Lease
+            // renewal need. A timed-out attempt finishes there on its own.
+            let (admin, kafka, topics) =
+                (self.admin.clone(), self.kafka.clone(), self.topics.clone());
+            // (A plain thread, not `spawn_blocking`, so that a stuck attempt never holds
+            // up the runtime's shutdown.)
+            let runtime = tokio::runtime::Handle::current();
+            let (done, attempt) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = done.send(runtime.block_on(admin.ensure(&kafka, &topics)));
+            });
             let outcome = match tokio::time::timeout(self.settings.attempt_timeout, attempt).await {
-                Ok(outcome) => outcome,
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Err("the topic admin stopped without an answer".to_string()),
                 Err(_) => Err(format!(
                     "no answer from Kafka within {}",
                     humantime::format_duration(self.settings.attempt_timeout)
