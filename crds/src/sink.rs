@@ -60,6 +60,12 @@ pub struct SourceSpec {
     /// counted). Empty: every type.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub event_types: Vec<String>,
+    /// What to do when a partition's log no longer holds what the progress markers say
+    /// was written (the topic was deleted and re-created, the sink points at another
+    /// cluster, or an in-memory Kafka restarted): `fail` stops writing that partition
+    /// and reports it (metric, log, `/readyz`); `newGeneration` writes the new log from
+    /// its start under a new generation, beside the old files.
+    pub on_offset_regression: OffsetRegressionPolicy,
 }
 
 impl Default for SourceSpec {
@@ -69,8 +75,21 @@ impl Default for SourceSpec {
             topics: Vec::new(),
             topic_pattern: Some("^clickstream-.*-log$".into()),
             event_types: Vec::new(),
+            on_offset_regression: OffsetRegressionPolicy::Fail,
         }
     }
+}
+
+/// What the sink does when a partition's offsets went back below what it wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OffsetRegressionPolicy {
+    /// Stop writing the partition and report it until an operator decides.
+    #[default]
+    Fail,
+    /// Write the new log from its start as the next generation: its files and markers
+    /// carry the generation in their names, so nothing of the old log is overwritten.
+    NewGeneration,
 }
 
 /// An object store: a local directory, S3 or another cloud store.

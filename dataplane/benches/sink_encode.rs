@@ -62,7 +62,7 @@ fn encode(c: &mut Criterion) {
         spec.format.compression = Some(compression);
         let encoder = Encoder::new(&spec).unwrap();
         group.bench_function(name, |b| {
-            b.iter(|| encoder.encode("t", 0, 0, &raw).unwrap())
+            b.iter(|| encoder.encode("t", 0, 0.into(), &raw).unwrap())
         });
     }
 
@@ -98,7 +98,7 @@ fn encode(c: &mut Criterion) {
     let encoder = Encoder::with_pool(&spec, Some(&pool)).unwrap();
     group.throughput(Throughput::Bytes(input_bytes(&typed)));
     group.bench_function("parquet_zstd_typed_protobuf", |b| {
-        b.iter(|| encoder.encode("t", 0, 0, &typed).unwrap())
+        b.iter(|| encoder.encode("t", 0, 0.into(), &typed).unwrap())
     });
     group.finish();
 }

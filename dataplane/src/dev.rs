@@ -17,6 +17,7 @@ use crate::gateway::Gateway;
 use crate::kafka::EmbeddedKafka;
 use crate::sink::Sink;
 use weir_crds::SinkSpec;
+use weir_crds::sink::OffsetRegressionPolicy;
 
 /// Options of `weir dev`.
 #[derive(Clone, Debug, clap::Args)]
@@ -63,6 +64,9 @@ fn dev_sink_spec(options: &DevOptions, bootstrap: String) -> anyhow::Result<Sink
         }
     };
     spec.kafka.bootstrap_servers = bootstrap;
+    // The embedded Kafka starts empty every run: a directory written by an earlier run
+    // gets the new run's files beside its own, as the next generation.
+    spec.source.on_offset_regression = OffsetRegressionPolicy::NewGeneration;
     // Pick up topics the gateway creates within seconds.
     spec.kafka
         .properties

@@ -136,8 +136,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             for ((topic, partition), records) in &report.records {
                 println!("{topic}/{partition}: {records} records");
             }
-            for ((topic, partition, offset), files) in &report.duplicates {
-                println!("DUPLICATE {topic}/{partition}@{offset} in {files:?}");
+            for ((topic, partition, generation, offset), files) in &report.duplicates {
+                println!(
+                    "DUPLICATE {topic}/{partition}@{offset} (generation {generation}) in {files:?}"
+                );
             }
             for file in &report.orphans {
                 println!("ORPHAN {file} (in no progress marker)");
@@ -148,8 +150,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             for (file, why) in &report.unreadable {
                 println!("UNREADABLE {file}: {why}");
             }
-            for ((topic, partition), from, to) in &report.gaps {
-                println!("gap {topic}/{partition} {from}..={to} (skipped or compacted records)");
+            for ((topic, partition, generation), from, to) in &report.gaps {
+                println!(
+                    "gap {topic}/{partition} {from}..={to} (generation {generation}; skipped or compacted records)"
+                );
             }
             println!(
                 "{} files, {} records: {}",

@@ -10,6 +10,56 @@ const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 #[test]
 fn dev_serves_send_writes_parquet_and_stops_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
+    let (mut dev, http) = start_dev(data.path());
+    send_two_clicks(&http);
+
+    let bad = Command::new(WEIR)
+        .args([
+            "send",
+            "--url",
+            &format!("http://{http}"),
+            "--json",
+            "{not json",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--json #1 is not JSON"));
+
+    // The dev sink flushes every 10 s: the two events land as Parquet.
+    let parquet = wait_for_parquet(data.path(), |_| true);
+    let name = parquet.display().to_string();
+    assert!(name.contains("event_type=ad_click/dt="), "{name}");
+    assert_eq!(&std::fs::read(&parquet).unwrap()[..4], b"PAR1");
+    stop_with_sigterm(&mut dev);
+
+    // Started again in the same directory, the embedded Kafka starts from offset 0:
+    // the new run's events are written beside the old ones as generation 1, not
+    // skipped as already written.
+    let (mut dev, http) = start_dev(data.path());
+    send_two_clicks(&http);
+    let second = wait_for_parquet(data.path(), |name| name.contains("+g1+"));
+    assert!(
+        second
+            .display()
+            .to_string()
+            .contains("event_type=ad_click/dt=")
+    );
+    stop_with_sigterm(&mut dev);
+    let report = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let storage = weir::sink::upload::Storage::open(&weir_crds::sink::StorageSpec {
+            url: data.path().display().to_string(),
+            ..Default::default()
+        })
+        .unwrap();
+        weir::sink::audit::audit(&storage).await.unwrap()
+    });
+    assert!(report.exactly_once(), "{report:#?}");
+    assert_eq!(report.total(), 4, "{report:#?}");
+}
+
+/// Starts `weir dev` on free ports writing to `data`; returns it and its HTTP address.
+fn start_dev(data: &std::path::Path) -> (std::process::Child, String) {
     let mut dev = Command::new(WEIR)
         .args([
             "dev",
@@ -27,7 +77,7 @@ fn dev_serves_send_writes_parquet_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--data-dir",
         ])
-        .arg(data.path())
+        .arg(data)
         .env("WEIR_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -45,7 +95,12 @@ fn dev_serves_send_writes_parquet_and_stops_on_sigterm() {
     let printed: Vec<String> = lines.by_ref().take(5).map(Result::unwrap).collect();
     assert!(printed.iter().any(|l| l.contains("Kafka")), "{printed:?}");
     assert!(printed.iter().any(|l| l.contains("files")), "{printed:?}");
+    // Keep reading, so what weir dev prints at exit has somewhere to go.
+    std::thread::spawn(move || lines.for_each(drop));
+    (dev, http)
+}
 
+fn send_two_clicks(http: &str) {
     let send = Command::new(WEIR)
         .args([
             "send",
@@ -71,30 +126,19 @@ fn dev_serves_send_writes_parquet_and_stops_on_sigterm() {
         String::from_utf8_lossy(&send.stderr)
     );
     assert!(out.contains("CODE_OK"), "{out}");
+}
 
-    let bad = Command::new(WEIR)
-        .args([
-            "send",
-            "--url",
-            &format!("http://{http}"),
-            "--json",
-            "{not json",
-        ])
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--json #1 is not JSON"));
+/// Waits up to 30 s for a Parquet file whose path passes `wanted`.
+fn wait_for_parquet(dir: &std::path::Path, wanted: impl Fn(&str) -> bool) -> std::path::PathBuf {
+    (0..300)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            find_parquet(dir, &wanted)
+        })
+        .expect("weir dev's sink writes a Parquet file within 30 s")
+}
 
-    // The dev sink flushes every 10 s: the two events land as Parquet.
-    let parquet = (0..300).find_map(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        find_parquet(data.path())
-    });
-    let parquet = parquet.expect("weir dev's sink writes a Parquet file within 30 s");
-    let name = parquet.display().to_string();
-    assert!(name.contains("event_type=ad_click/dt="), "{name}");
-    assert_eq!(&std::fs::read(&parquet).unwrap()[..4], b"PAR1");
-
+fn stop_with_sigterm(dev: &mut std::process::Child) {
     let killed = Command::new("kill")
         .args(["-TERM", &dev.id().to_string()])
         .status()
@@ -114,14 +158,19 @@ fn dev_serves_send_writes_parquet_and_stops_on_sigterm() {
     panic!("weir dev did not exit after SIGTERM");
 }
 
-fn find_parquet(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+fn find_parquet(
+    dir: &std::path::Path,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Option<std::path::PathBuf> {
     for entry in std::fs::read_dir(dir).ok()? {
         let path = entry.ok()?.path();
         if path.is_dir() {
-            if let Some(found) = find_parquet(&path) {
+            if let Some(found) = find_parquet(&path, wanted) {
                 return Some(found);
             }
-        } else if path.extension().is_some_and(|e| e == "parquet") {
+        } else if path.extension().is_some_and(|e| e == "parquet")
+            && wanted(&path.display().to_string())
+        {
             return Some(path);
         }
     }

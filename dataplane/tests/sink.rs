@@ -22,7 +22,7 @@ use weir::sink::audit::{AuditReport, audit};
 use weir::sink::upload::Storage;
 use weir_crds::SinkSpec;
 use weir_crds::pipeline::TopicSpec;
-use weir_crds::sink::{PayloadEncoding, SinkMode, TypeSchema};
+use weir_crds::sink::{OffsetRegressionPolicy, PayloadEncoding, SinkMode, TypeSchema};
 
 const TOPIC: &str = "clickstream-events-log";
 
@@ -303,6 +303,95 @@ async fn undecodable_payloads_go_to_dead_letters_with_the_reason() {
         "{line}"
     );
     assert_eq!(line["payload_base64"], "/////w==");
+}
+
+/// Polls `/readyz` until it answers 503, returning its body.
+async fn wait_unready(addr: std::net::SocketAddr, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+        if answer.status() == 503 {
+            let body = answer.text().await.unwrap();
+            if !body.contains("not yet assigned") {
+                return body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never reported the partition"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    walk(dir)
+        .into_iter()
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replaced_log_is_reported_or_written_as_a_new_generation_never_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = kafka_with_topic(1);
+    let bootstrap = kafka.bootstrap_servers();
+    produce(&bootstrap, 0, 100, json_payload).await;
+    let sink = Sink::start(sink_spec(&bootstrap, dir.path()))
+        .await
+        .unwrap();
+    wait_for_records(dir.path(), 100, Duration::from_secs(30)).await;
+    sink.shutdown().await.unwrap();
+    drop(kafka);
+
+    // A new Kafka (an in-memory one restarted, a topic re-created) starts at offset 0
+    // again with fewer records than were written: its end is below the markers'.
+    let kafka = kafka_with_topic(1);
+    let bootstrap = kafka.bootstrap_servers();
+    produce(&bootstrap, 1000, 30, json_payload).await;
+    let mut spec = sink_spec(&bootstrap, dir.path());
+    let sink = Sink::start(spec.clone()).await.unwrap();
+    let why = wait_unready(sink.metrics_addr, Duration::from_secs(30)).await;
+    assert!(
+        why.contains("ends at offset 30") && why.contains("newGeneration"),
+        "{why}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", sink.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "weir_sink_offset_regressions_total{{topic=\"{TOPIC}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    sink.shutdown().await.unwrap();
+    assert_eq!(audit_dir(dir.path()).await.total(), 100, "nothing written");
+
+    spec.source.on_offset_regression = OffsetRegressionPolicy::NewGeneration;
+    let sink = Sink::start(spec.clone()).await.unwrap();
+    let report = wait_for_records(dir.path(), 130, Duration::from_secs(30)).await;
+    sink.shutdown().await.unwrap();
+    assert!(report.exactly_once(), "{report:#?}");
+    assert_eq!(report.total(), 130);
+    assert!(file_names(dir.path()).iter().any(|n| n.contains("+g1+")));
+    drop(kafka);
+
+    // Replaced again by a log that is already longer than what was written: only the
+    // record at the resume point tells it apart, and it is not the one written.
+    let kafka = kafka_with_topic(1);
+    let bootstrap = kafka.bootstrap_servers();
+    produce(&bootstrap, 5000, 300, json_payload).await;
+    spec.kafka.bootstrap_servers = bootstrap.clone();
+    let sink = Sink::start(spec).await.unwrap();
+    let report = wait_for_records(dir.path(), 430, Duration::from_secs(30)).await;
+    sink.shutdown().await.unwrap();
+    assert!(report.exactly_once(), "{report:#?}");
+    assert_eq!(report.total(), 430, "{:?}", report.records);
+    assert!(file_names(dir.path()).iter().any(|n| n.contains("+g2+")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,6 +1,6 @@
 //! `weir sink-audit`: reads every file under a sink's prefix back and checks the
-//! exactly-once promise — each (topic, partition, offset) in exactly one file, no file
-//! outside a progress marker, no marker missing files.
+//! exactly-once promise — each (topic, partition, offset) of a log generation in exactly
+//! one file, no file outside a progress marker, no marker missing files.
 //!
 //! Offsets missing inside a partition's range are reported but are not errors: records
 //! skipped by `source.eventTypes`, compacted away or transaction markers leave them.
@@ -19,6 +19,9 @@ use super::layout;
 use super::progress::ProgressMarker;
 use super::upload::{Storage, StoreError};
 
+/// A record's place: topic, partition, log generation, offset.
+pub type RecordPlace = (String, i32, u32, i64);
+
 /// What an audit found.
 #[derive(Debug, Default)]
 pub struct AuditReport {
@@ -28,10 +31,11 @@ pub struct AuditReport {
     pub bytes: u64,
     /// Records per (topic, partition), dead letters included.
     pub records: BTreeMap<(String, i32), u64>,
-    /// (topic, partition, offset) found in more than one place, with the files.
-    pub duplicates: Vec<((String, i32, i64), Vec<String>)>,
-    /// Offset ranges missing inside a partition's span (`from..=to`).
-    pub gaps: Vec<((String, i32), i64, i64)>,
+    /// (topic, partition, generation, offset) found in more than one place, with the
+    /// files.
+    pub duplicates: Vec<(RecordPlace, Vec<String>)>,
+    /// Offset ranges missing inside a partition generation's span (`from..=to`).
+    pub gaps: Vec<((String, i32, u32), i64, i64)>,
     /// Files that no progress marker lists.
     pub orphans: Vec<String>,
     /// Files a marker lists that do not exist.
@@ -72,14 +76,17 @@ pub async fn audit(storage: &Storage) -> Result<AuditReport, StoreError> {
             .to_string()
     };
     let mut report = AuditReport::default();
-    let mut listed = HashSet::new();
+    // Each listed file and its marker's generation.
+    let mut listed = HashMap::new();
     let mut data_files = Vec::new();
     for meta in &objects {
         let name = relative(meta.location.as_ref());
         if name.starts_with(layout::PROGRESS_DIR) {
             let bytes = get(storage, &meta.location).await?;
             match serde_json::from_slice::<ProgressMarker>(&bytes) {
-                Ok(marker) => listed.extend(marker.files),
+                Ok(marker) => {
+                    listed.extend(marker.files.into_iter().map(|f| (f, marker.generation)))
+                }
                 Err(e) => report.unreadable.push((name, e.to_string())),
             }
         } else {
@@ -88,49 +95,56 @@ pub async fn audit(storage: &Storage) -> Result<AuditReport, StoreError> {
     }
     let existing: HashSet<&String> = data_files.iter().map(|(n, _)| n).collect();
     report.missing = listed
-        .iter()
+        .keys()
         .filter(|f| !existing.contains(f))
         .cloned()
         .collect();
     report.missing.sort();
-    let mut seen: HashMap<(String, i32, i64), Vec<String>> = HashMap::new();
+    let mut seen: HashMap<RecordPlace, Vec<String>> = HashMap::new();
     for (name, location) in &data_files {
-        if !listed.contains(name) {
+        let generation = listed.get(name).copied().unwrap_or_else(|| {
             report.orphans.push(name.clone());
-        }
+            0
+        });
         let bytes = get(storage, location).await?;
         report.bytes += bytes.len() as u64;
         match read_offsets(name, bytes) {
             Ok(offsets) => {
                 report.files += 1;
-                for key in offsets {
-                    seen.entry(key).or_default().push(name.clone());
+                for (topic, partition, offset) in offsets {
+                    seen.entry((topic, partition, generation, offset))
+                        .or_default()
+                        .push(name.clone());
                 }
             }
             Err(e) => report.unreadable.push((name.clone(), e)),
         }
     }
-    let mut by_partition: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
-    for ((topic, partition, offset), files) in seen {
+    let mut by_generation: BTreeMap<(String, i32, u32), Vec<i64>> = BTreeMap::new();
+    for ((topic, partition, generation, offset), files) in seen {
         if files.len() > 1 {
             report
                 .duplicates
-                .push(((topic.clone(), partition, offset), files));
+                .push(((topic.clone(), partition, generation, offset), files));
         }
-        by_partition
-            .entry((topic, partition))
+        by_generation
+            .entry((topic, partition, generation))
             .or_default()
             .push(offset);
     }
     report.duplicates.sort();
-    for (tp, mut offsets) in by_partition {
+    for ((topic, partition, generation), mut offsets) in by_generation {
         offsets.sort_unstable();
         for pair in offsets.windows(2) {
             if pair[1] > pair[0] + 1 {
-                report.gaps.push((tp.clone(), pair[0] + 1, pair[1] - 1));
+                report.gaps.push((
+                    (topic.clone(), partition, generation),
+                    pair[0] + 1,
+                    pair[1] - 1,
+                ));
             }
         }
-        report.records.insert(tp, offsets.len() as u64);
+        *report.records.entry((topic, partition)).or_default() += offsets.len() as u64;
     }
     Ok(report)
 }

@@ -9,7 +9,13 @@
 //!   previous one ended, and a failed flush is retried with exactly the same range;
 //! - the Kafka offset `end + 1` is committed only after a range's files are all uploaded;
 //! - buffered bytes (waiting and in flight) stay under `flush.memoryBudget`: the
-//!   biggest buffers are flushed first, and consumption pauses while flushes catch up.
+//!   biggest buffers are flushed first, and consumption pauses while flushes catch up;
+//! - a record is never dropped for being below what was already written without a
+//!   word: a log that went back (its end below the newest marker's end, the record at
+//!   the resume point not the one written, or an offset below the next expected one) is
+//!   a *regression*, counted in `weir_sink_offset_regressions_total`, logged, and
+//!   handled by `source.onOffsetRegression`: the partition stops and `/readyz` names
+//!   it, or the new log is written from its start as the next generation.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,13 +41,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weir_crds::SinkSpec;
-use weir_crds::sink::SinkMode;
+use weir_crds::sink::{OffsetRegressionPolicy, SinkMode};
 
 use super::buffer::{FlushReason, PartitionBuffer, SinkRecord, over_budget};
 use super::encode::Encoder;
 use super::flush::{FlushContext, FlushError, FlushJob};
 use super::metrics::SinkMetrics;
-use super::progress::{self, ProgressMarker};
+use super::progress::{self, LogCheck, ProgressMarker, RecordFingerprint, Recovery};
 use super::upload::Storage;
 
 /// Flushes (across partitions) running at once.
@@ -71,6 +77,8 @@ pub struct SinkReport {
 #[derive(Debug)]
 struct PartitionState {
     epoch: u64,
+    /// The log generation ranges are written in.
+    generation: u32,
     /// Start of the next range; unknown until the first record when nothing was ever
     /// committed or flushed.
     next_start: Option<i64>,
@@ -78,6 +86,14 @@ struct PartitionState {
     expected: i64,
     /// The last offset consumed into the current buffer's range.
     last_seen: Option<i64>,
+    /// The fingerprint of the record at `last_seen`.
+    last_fingerprint: Option<RecordFingerprint>,
+    /// The newest written record, consumed again first to check that the log still
+    /// holds it.
+    verify: Option<(i64, RecordFingerprint)>,
+    /// The log went back and `source.onOffsetRegression` is `fail`: why. Nothing more
+    /// of the partition is written until an operator decides.
+    regressed: Option<String>,
     buffer: PartitionBuffer,
     /// A range whose marker exists but whose files are incomplete: it is written again
     /// (exactly `start..=end`) before anything else.
@@ -103,6 +119,7 @@ struct ConsumedCounts {
 impl PartitionState {
     fn batch_done(&self) -> bool {
         self.fenced
+            || self.regressed.is_some()
             || self.stop_at.is_some_and(|end| {
                 self.expected >= end
                     && self.buffer.is_empty()
@@ -267,52 +284,41 @@ impl SinkContext {
                     continue;
                 }
             };
-            let mut resume = recovery.resume;
-            let mut stop_at = None;
-            if self.core.batch {
-                match consumer.fetch_watermarks(&topic, partition, KAFKA_CALL_TIMEOUT) {
-                    Ok((low, high)) => {
-                        resume = Some(resume.unwrap_or(low).max(low));
-                        stop_at = Some(high);
-                    }
-                    Err(error) => {
-                        state.fatal = Some(format!(
-                            "cannot read the end offset of {topic}/{partition}: {error}"
-                        ));
-                        continue;
-                    }
+            let watermarks = match consumer.fetch_watermarks(&topic, partition, KAFKA_CALL_TIMEOUT)
+            {
+                Ok(watermarks) => Some(watermarks),
+                Err(error) if self.core.batch => {
+                    state.fatal = Some(format!(
+                        "cannot read the end offset of {topic}/{partition}: {error}"
+                    ));
+                    continue;
                 }
+                Err(error) => {
+                    tracing::warn!(%topic, partition, %error, "cannot read the partition's start and end offsets; a replaced log is found at its first record instead");
+                    None
+                }
+            };
+            state.next_epoch += 1;
+            let tp: Tp = (topic.as_str().into(), partition);
+            let (ps, position) =
+                self.core
+                    .start_partition(&tp, recovery, watermarks, state.next_epoch);
+            if self.core.batch
+                && let Some(reason) = &ps.regressed
+            {
+                state.fatal = Some(reason.clone());
             }
-            if let Some(offset) = resume
-                && let Err(error) =
-                    tpl.set_partition_offset(&topic, partition, Offset::Offset(offset))
+            if let Some(offset) = position
+                && let Err(error) = tpl.set_partition_offset(&topic, partition, offset)
             {
                 state.fatal = Some(format!("cannot position {topic}/{partition}: {error}"));
                 continue;
             }
             tracing::info!(
-                %topic, partition, resume = ?resume, redo = recovery.redo.is_some(),
-                "partition assigned"
+                %topic, partition, resume = ?position, generation = ps.generation,
+                redo = ps.redo.is_some(), "partition assigned"
             );
-            state.next_epoch += 1;
-            let epoch = state.next_epoch;
-            state.map.insert(
-                (topic.into(), partition),
-                PartitionState {
-                    epoch,
-                    next_start: resume,
-                    expected: resume.unwrap_or(0),
-                    last_seen: None,
-                    buffer: PartitionBuffer::default(),
-                    redo: recovery.redo,
-                    flushing: false,
-                    in_flight_bytes: 0,
-                    failed: None,
-                    fenced: false,
-                    stop_at,
-                    counts: ConsumedCounts::default(),
-                },
-            );
+            state.map.insert(tp, ps);
         }
         self.core
             .metrics
@@ -364,6 +370,141 @@ impl SinkContext {
                 .set(state.buffered_bytes() as i64);
         });
     }
+}
+
+impl Core {
+    /// The state of a newly assigned partition and where to position it (`None`:
+    /// Kafka's committed offset or `auto.offset.reset` decides), from its recovery
+    /// and, when they could be read, its log's start and end offsets.
+    fn start_partition(
+        &self,
+        tp: &Tp,
+        recovery: Recovery,
+        watermarks: Option<(i64, i64)>,
+        epoch: u64,
+    ) -> (PartitionState, Option<Offset>) {
+        let (topic, partition) = (&tp.0, tp.1);
+        let check = watermarks.map_or(LogCheck::Consistent, |(low, high)| {
+            recovery.check_log(low, high)
+        });
+        let mut ps = PartitionState {
+            epoch,
+            generation: recovery.generation,
+            next_start: recovery.resume,
+            expected: recovery.resume.unwrap_or(0),
+            last_seen: None,
+            last_fingerprint: None,
+            verify: None,
+            regressed: None,
+            buffer: PartitionBuffer::default(),
+            redo: recovery.redo,
+            flushing: false,
+            in_flight_bytes: 0,
+            failed: None,
+            fenced: false,
+            stop_at: watermarks.filter(|_| self.batch).map(|(_, high)| high),
+            counts: ConsumedCounts::default(),
+        };
+        let mut position = recovery.resume.map(Offset::Offset);
+        match check {
+            LogCheck::Regressed {
+                written_end,
+                log_end,
+            } => {
+                let reason = format!(
+                    "the log of {topic}/{partition} ends at offset {log_end} but offsets up to {written_end} (generation {}) are already in files",
+                    ps.generation
+                );
+                position = match self.regress(tp, &mut ps, reason) {
+                    Regression::Restart => Some(Offset::Beginning),
+                    Regression::Stop => Some(Offset::End),
+                };
+            }
+            LogCheck::Expired { from, log_start } => {
+                tracing::error!(
+                    %topic, partition, from, to = log_start - 1,
+                    "records were deleted by Kafka's retention before the sink wrote them; they are lost"
+                );
+                self.metrics
+                    .records_expired
+                    .with_label_values(&[self.metrics.topics.get(topic)])
+                    .inc_by((log_start - from) as u64);
+                ps.next_start = Some(log_start);
+                ps.expected = log_start;
+                position = Some(Offset::Offset(log_start));
+            }
+            LogCheck::Consistent => {
+                if let (None, Some((end, Some(fingerprint)))) = (&ps.redo, recovery.written)
+                    && watermarks.is_none_or(|(low, _)| low <= end)
+                {
+                    // Read the newest written record again to see that it is still there.
+                    ps.verify = Some((end, fingerprint));
+                    ps.expected = end;
+                    position = Some(Offset::Offset(end));
+                }
+                if let (true, Some((low, _))) = (self.batch, watermarks) {
+                    let start = recovery.resume.unwrap_or(low).max(low);
+                    ps.next_start = Some(start);
+                    if ps.verify.is_none() {
+                        ps.expected = start;
+                        position = Some(Offset::Offset(start));
+                    }
+                }
+            }
+        }
+        (ps, position)
+    }
+
+    /// Handles a partition whose log went back, as `source.onOffsetRegression` says,
+    /// loudly. The caller positions the partition: at the log's start for a new
+    /// generation, anywhere for a stopped one.
+    fn regress(&self, tp: &Tp, ps: &mut PartitionState, reason: String) -> Regression {
+        let (topic, partition) = (&tp.0, tp.1);
+        self.metrics
+            .offset_regressions
+            .with_label_values(&[self.metrics.topics.get(topic)])
+            .inc();
+        let reason = format!(
+            "{reason}: the topic was re-created, the sink points at another cluster, or Kafka lost acknowledged records"
+        );
+        if let Some(lost) = ps.redo.take() {
+            tracing::error!(
+                %topic, partition, start = lost.start, end = lost.end, generation = lost.generation,
+                "a range whose files were never all uploaded can no longer be written: its records are not in the new log"
+            );
+        }
+        match self.spec.source.on_offset_regression {
+            OffsetRegressionPolicy::Fail => {
+                let reason = format!(
+                    "{reason}; nothing more of it is written (set source.onOffsetRegression: newGeneration to write the new log beside the old files)"
+                );
+                tracing::error!(%topic, partition, "{reason}");
+                ps.regressed = Some(reason);
+                Regression::Stop
+            }
+            OffsetRegressionPolicy::NewGeneration => {
+                ps.generation += 1;
+                tracing::warn!(
+                    %topic, partition, generation = ps.generation,
+                    "{reason}; writing the new log from its start as generation {}", ps.generation
+                );
+                ps.next_start = None;
+                ps.expected = 0;
+                ps.last_seen = None;
+                ps.last_fingerprint = None;
+                ps.verify = None;
+                Regression::Restart
+            }
+        }
+    }
+}
+
+/// What became of a partition whose log went back.
+enum Regression {
+    /// Consume it again from the log's start, as a new generation.
+    Restart,
+    /// Nothing more of it is written.
+    Stop,
 }
 
 type SinkConsumer = StreamConsumer<SinkContext>;
@@ -534,8 +675,13 @@ async fn readyz(State(core): State<Arc<Core>>) -> impl IntoResponse {
         .map
         .iter()
         .find_map(|((t, p), s)| s.failed.as_ref().map(|_| format!("{t}/{p}")));
+    let regressed = state.map.values().find_map(|s| s.regressed.clone());
     match (&state.fatal, state.assigned_once, failing) {
         (Some(fatal), _, _) => (StatusCode::SERVICE_UNAVAILABLE, fatal.clone()),
+        (None, true, _) if regressed.is_some() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            regressed.unwrap_or_default(),
+        ),
         (None, false, _) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not yet assigned partitions by the consumer group".into(),
@@ -606,7 +752,34 @@ fn on_message(
     // record showed up in profiles.
     ps.counts.records += 1;
     ps.counts.bytes += message.payload_len() as u64;
-    if ps.fenced || offset < ps.expected || ps.stop_at.is_some_and(|end| offset >= end) {
+    if ps.fenced || ps.regressed.is_some() || ps.stop_at.is_some_and(|end| offset >= end) {
+        return;
+    }
+    let fingerprint = RecordFingerprint::of(
+        message.timestamp().to_millis(),
+        message.key(),
+        message.payload(),
+    );
+    let went_back = match ps.verify.take() {
+        Some((at, written)) if offset == at && fingerprint == written => {
+            // The newest written record is still there: the log is the one written.
+            ps.expected = at + 1;
+            return;
+        }
+        Some((at, _)) if offset == at => Some(format!(
+            "the record at offset {offset} of {topic}/{partition} is not the one written there"
+        )),
+        // Offsets above: the written record was deleted (compaction, retention), so
+        // there is nothing to compare; below: caught next.
+        _ => (offset < ps.expected).then(|| {
+            format!(
+                "{topic}/{partition} gave offset {offset} after {}",
+                ps.expected - 1
+            )
+        }),
+    };
+    if let Some(reason) = went_back {
+        on_regression(core, consumer, &mut state, &tp, reason);
         return;
     }
     ps.expected = offset + 1;
@@ -633,6 +806,7 @@ fn on_message(
     match redo_end {
         Some(end) if offset <= end => {
             ps.last_seen = Some(offset);
+            ps.last_fingerprint = Some(fingerprint);
             if keep {
                 ps.buffer.push(record, now);
             }
@@ -645,12 +819,14 @@ fn on_message(
             // range with what it still has.
             jobs.extend(take_job(ps, FlushReason::Redo));
             ps.last_seen = Some(offset);
+            ps.last_fingerprint = Some(fingerprint);
             if keep {
                 ps.buffer.push(record, now);
             }
         }
         None => {
             ps.last_seen = Some(offset);
+            ps.last_fingerprint = Some(fingerprint);
             if keep {
                 ps.buffer.push(record, now);
             }
@@ -670,6 +846,50 @@ fn on_message(
     drop(state);
     for (tp, job) in started {
         spawn_flush(core.clone(), consumer.clone(), tp, job);
+    }
+}
+
+/// A record below what was already consumed or written: handled in place when the
+/// partition holds nothing (the usual case: it is the first record after an
+/// assignment), else the sink stops with an error and its restart handles it from the
+/// markers, since records already buffered belong to the old log.
+fn on_regression(
+    core: &Arc<Core>,
+    consumer: &Arc<SinkConsumer>,
+    state: &mut Partitions,
+    tp: &Tp,
+    reason: String,
+) {
+    let Some(ps) = state.map.get_mut(tp) else {
+        return;
+    };
+    let idle = ps.buffer.is_empty() && !ps.flushing && ps.failed.is_none();
+    if !idle {
+        core.metrics
+            .offset_regressions
+            .with_label_values(&[core.metrics.topics.get(&tp.0)])
+            .inc();
+        state.fatal = Some(format!(
+            "{reason} while records of the old log were still being written; the sink stops so that a restart handles it from the progress markers"
+        ));
+        return;
+    }
+    match core.regress(tp, ps, reason) {
+        Regression::Stop => {
+            if core.batch {
+                state.fatal = ps.regressed.clone();
+            }
+        }
+        Regression::Restart => {
+            // librdkafka drops what it fetched before the seek, so the next record of
+            // the partition is the new log's first.
+            if let Err(error) = consumer.seek(&tp.0, tp.1, Offset::Beginning, KAFKA_CALL_TIMEOUT) {
+                state.fatal = Some(format!(
+                    "cannot go back to the start of {}/{}: {error}",
+                    tp.0, tp.1
+                ));
+            }
+        }
     }
 }
 
@@ -698,6 +918,7 @@ fn take_job(ps: &mut PartitionState, reason: FlushReason) -> Option<FlushJob> {
     };
     let bytes = ps.buffer.bytes();
     let records = ps.buffer.take();
+    let last = ps.last_fingerprint.filter(|_| ps.last_seen == Some(end));
     ps.flushing = true;
     ps.in_flight_bytes = bytes;
     if marker.is_some() {
@@ -707,8 +928,10 @@ fn take_job(ps: &mut PartitionState, reason: FlushReason) -> Option<FlushJob> {
     Some(FlushJob {
         topic: Arc::from(""),
         partition: 0,
+        generation: ps.generation,
         start,
         end,
+        last,
         records,
         marker,
         reason,

@@ -210,7 +210,7 @@ impl Encoder {
         &self,
         topic: &str,
         partition: i32,
-        start: i64,
+        start: layout::RangeStart,
         records: &[SinkRecord],
     ) -> Result<EncodedRange, EncodeError> {
         // Grouped by (event type, time bucket); the directory name is formatted once
@@ -606,7 +606,7 @@ mod tests {
             record(10, "page_view", full),
             record(11, "page_view", empty),
         ];
-        let range = encoder.encode("t", 0, 10, &records).unwrap();
+        let range = encoder.encode("t", 0, 10.into(), &records).unwrap();
         assert!(range.dead_letters.is_empty());
         assert_eq!(range.files.len(), 1);
         assert_eq!(
@@ -731,7 +731,7 @@ mod tests {
             record(2, "page_view", br#"{"nope": 1}"#.to_vec()),
             record(3, "page_view", br#"{"page":"/b"} trailing"#.to_vec()),
         ];
-        let range = encoder.encode("t", 1, 0, &records).unwrap();
+        let range = encoder.encode("t", 1, 0.into(), &records).unwrap();
         let reasons: Vec<(usize, &str)> = range
             .dead_letters
             .iter()
@@ -777,7 +777,7 @@ mod tests {
             record(0, "page_view", vec![0xff, 0xff, 0xff]),
             record(1, "other", b"raw".to_vec()),
         ];
-        let range = encoder.encode("t", 0, 0, &records).unwrap();
+        let range = encoder.encode("t", 0, 0.into(), &records).unwrap();
         assert_eq!(range.dead_letters.len(), 1);
         assert!(
             range.dead_letters[0]
@@ -807,7 +807,7 @@ mod tests {
             r.receive_time_us = Some(1_795_320_000_000_000 + t);
             records.push(r);
         }
-        let range = encoder.encode("t", 0, 0, &records).unwrap();
+        let range = encoder.encode("t", 0, 0.into(), &records).unwrap();
         let paths: Vec<(&str, usize)> = range
             .files
             .iter()
@@ -830,7 +830,7 @@ mod tests {
                 ),
             ]
         );
-        let again = encoder.encode("t", 0, 0, &records).unwrap();
+        let again = encoder.encode("t", 0, 0.into(), &records).unwrap();
         for (a, b) in range.files.iter().zip(&again.files) {
             assert_eq!(a.bytes, b.bytes, "same records, same bytes");
         }
@@ -845,7 +845,7 @@ mod tests {
             record(0, "a", br#"{"x":1}"#.to_vec()),
             record(1, "a", vec![0xff]),
         ];
-        let range = encoder.encode("t", 0, 0, &records).unwrap();
+        let range = encoder.encode("t", 0, 0.into(), &records).unwrap();
         let file = &range.files[0];
         assert!(file.path.ends_with("t+0+00000000000000000000.jsonl.gz"));
         let mut text = String::new();

@@ -14,8 +14,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use super::buffer::{FlushReason, SinkRecord};
 use super::encode::{EncodedRange, Encoder};
 use super::failpoint;
+use super::layout::RangeStart;
 use super::metrics::SinkMetrics;
-use super::progress::{self, Claim, ProgressMarker};
+use super::progress::{self, Claim, ProgressMarker, RecordFingerprint};
 use super::upload::Storage;
 use crate::record;
 
@@ -29,10 +30,14 @@ pub struct FlushJob {
     pub topic: Arc<str>,
     /// Partition.
     pub partition: i32,
+    /// The partition's log generation.
+    pub generation: u32,
     /// First offset of the range.
     pub start: i64,
     /// Last offset of the range.
     pub end: i64,
+    /// The record at `end`, when it was consumed (not compacted away).
+    pub last: Option<RecordFingerprint>,
     /// The range's records, in offset order.
     pub records: Vec<SinkRecord>,
     /// Set when the range's marker already exists (a redo after a crash, or a retry
@@ -107,7 +112,11 @@ impl FlushContext {
     pub async fn run(&self, job: &mut FlushJob) -> Result<Flushed, FlushError> {
         let encoder = self.encoder.clone();
         let records = std::mem::take(&mut job.records);
-        let (topic, partition, start) = (job.topic.clone(), job.partition, job.start);
+        let (topic, partition) = (job.topic.clone(), job.partition);
+        let start = RangeStart {
+            generation: job.generation,
+            offset: job.start,
+        };
         let (records, encoded) = tokio::task::spawn_blocking(move || {
             let encoded = encoder.encode(&topic, partition, start, &records);
             (records, encoded)
@@ -121,10 +130,12 @@ impl FlushContext {
         let marker = ProgressMarker {
             topic: job.topic.to_string(),
             partition: job.partition,
+            generation: job.generation,
             start: job.start,
             end: job.end,
             records: job.records.len(),
             files: files.clone(),
+            last: job.last,
         };
         let rewrite_marker = match &job.marker {
             None => {
@@ -153,7 +164,7 @@ impl FlushContext {
                         }
                     }
                 }
-                existing.files != files || existing.end != job.end
+                existing.files != files || existing.end != job.end || existing.last != job.last
             }
         };
         let mut uploads = Vec::with_capacity(encoded.files.len());
@@ -191,7 +202,7 @@ impl FlushContext {
             let path = self.storage.path(&super::layout::progress_marker(
                 &marker.topic,
                 marker.partition,
-                marker.start,
+                marker.range_start(),
             ));
             let body = serde_json::to_vec_pretty(&marker).expect("a marker serializes");
             self.storage

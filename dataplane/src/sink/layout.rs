@@ -7,7 +7,11 @@
 //! ```
 //!
 //! `<start>` is the first offset of the flushed range, zero-padded to 20 digits so that
-//! names sort in offset order. A flushed range writes one file per (event type, time
+//! names sort in offset order. A partition whose log was replaced (its offsets went back
+//! below what was written, see `source.onOffsetRegression`) is written again as
+//! generation `<g>` ≥ 1: its files are `<topic>+<partition>+g<g>+<start>.<ext>` and its
+//! markers `_weir/progress/<topic>/<partition>/g<g>/<start>.json`, so no name of an
+//! older generation is reused. Generation 0 has no `g` in its names. A flushed range writes one file per (event type, time
 //! partition) it contains, all named from the same range start: the name says which
 //! Kafka records the file holds, and writing the same range again writes the same names.
 //! Engines skip the `_weir` directory (a leading underscore marks it hidden for Hive,
@@ -69,12 +73,33 @@ pub fn bucket_width_us(granularity: Granularity) -> i64 {
     }
 }
 
+/// Where a flushed range starts: the generation of its partition's log and the first
+/// offset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RangeStart {
+    /// 0 for the first log of a partition, +1 each time it was replaced.
+    pub generation: u32,
+    /// First offset of the range.
+    pub offset: i64,
+}
+
+impl From<i64> for RangeStart {
+    /// A start in generation 0.
+    fn from(offset: i64) -> Self {
+        Self {
+            generation: 0,
+            offset,
+        }
+    }
+}
+
 /// The file name (no directory) of a flushed range starting at `start`.
-pub fn file_name(topic: &str, partition: i32, start: i64, extension: &str) -> String {
-    format!(
-        "{}+{partition}+{start:020}.{extension}",
-        escape_partition_value(topic)
-    )
+pub fn file_name(topic: &str, partition: i32, start: RangeStart, extension: &str) -> String {
+    let topic = escape_partition_value(topic);
+    match start.generation {
+        0 => format!("{topic}+{partition}+{:020}.{extension}", start.offset),
+        g => format!("{topic}+{partition}+g{g}+{:020}.{extension}", start.offset),
+    }
 }
 
 /// The file extension of a format and its compression.
@@ -103,14 +128,26 @@ pub fn progress_dir(topic: &str, partition: i32) -> String {
 }
 
 /// The progress marker of the range starting at `start`, relative to the prefix.
-pub fn progress_marker(topic: &str, partition: i32, start: i64) -> String {
-    format!("{}/{start:020}.json", progress_dir(topic, partition))
+pub fn progress_marker(topic: &str, partition: i32, start: RangeStart) -> String {
+    let dir = progress_dir(topic, partition);
+    match start.generation {
+        0 => format!("{dir}/{:020}.json", start.offset),
+        g => format!("{dir}/g{g}/{:020}.json", start.offset),
+    }
 }
 
 /// The range start a marker name encodes, if it is a marker name.
-pub fn marker_start(name: &str) -> Option<i64> {
-    let digits = name.rsplit('/').next()?.strip_suffix(".json")?;
-    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
+pub fn marker_start(name: &str) -> Option<RangeStart> {
+    let mut segments = name.rsplit('/');
+    let digits = segments.next()?.strip_suffix(".json")?;
+    let offset = (digits.len() == 20)
+        .then(|| digits.parse().ok())
+        .flatten()?;
+    let generation = match segments.next().and_then(|s| s.strip_prefix('g')) {
+        Some(g) => g.parse().ok()?,
+        None => 0,
+    };
+    Some(RangeStart { generation, offset })
 }
 
 #[cfg(test)]
@@ -140,14 +177,48 @@ mod tests {
 
     #[test]
     fn names_sort_in_offset_order_and_round_trip() {
-        let a = progress_marker("t", 3, 99);
-        let b = progress_marker("t", 3, 100);
+        let at = |offset| RangeStart {
+            generation: 0,
+            offset,
+        };
+        let a = progress_marker("t", 3, at(99));
+        let b = progress_marker("t", 3, at(100));
         assert!(a < b);
-        assert_eq!(marker_start(&b), Some(100));
+        assert_eq!(marker_start(&b), Some(at(100)));
         assert_eq!(marker_start("x/123.json"), None);
         assert_eq!(
-            file_name("clickstream-a-log", 2, 7, "parquet"),
+            file_name("clickstream-a-log", 2, at(7), "parquet"),
             "clickstream-a-log+2+00000000000000000007.parquet"
+        );
+    }
+
+    #[test]
+    fn later_generations_never_reuse_a_name() {
+        let first = RangeStart {
+            generation: 0,
+            offset: 0,
+        };
+        let second = RangeStart {
+            generation: 2,
+            offset: 0,
+        };
+        assert_eq!(
+            progress_marker("t", 3, second),
+            "_weir/progress/t/3/g2/00000000000000000000.json"
+        );
+        assert_eq!(marker_start(&progress_marker("t", 3, second)), Some(second));
+        assert_eq!(marker_start(&progress_marker("t", 3, first)), Some(first));
+        assert_eq!(
+            marker_start("_weir/progress/t/3/gx/00000000000000000000.json"),
+            None
+        );
+        assert_ne!(
+            file_name("t", 3, first, "parquet"),
+            file_name("t", 3, second, "parquet")
+        );
+        assert_eq!(
+            file_name("t", 3, second, "jsonl"),
+            "t+3+g2+00000000000000000000.jsonl"
         );
         assert_eq!(join("/p/q/", "x"), "p/q/x");
         assert_eq!(join("", "x"), "x");

@@ -25,6 +25,10 @@ pub struct SinkMetrics {
     pub dead_letters: IntCounterVec,
     /// Records skipped because their event type is not in `source.eventTypes`.
     pub records_skipped: IntCounterVec,
+    /// Partitions whose log went back below what was written, by topic.
+    pub offset_regressions: IntCounterVec,
+    /// Records Kafka deleted (retention) before the sink wrote them, by topic.
+    pub records_expired: IntCounterVec,
     /// Flush time from taking a buffer to committing its offsets, by reason.
     pub flush_seconds: HistogramVec,
     /// Flushes that failed and will be retried, by stage.
@@ -88,6 +92,16 @@ impl SinkMetrics {
             "Records not written because source.eventTypes excludes their type.",
             &["topic"],
         );
+        let offset_regressions = counter(
+            "weir_sink_offset_regressions_total",
+            "Partitions whose log went back below what was already written (re-created topic, another cluster, lost data); see source.onOffsetRegression.",
+            &["topic"],
+        );
+        let records_expired = counter(
+            "weir_sink_records_expired_total",
+            "Records deleted by Kafka's retention before the sink wrote them.",
+            &["topic"],
+        );
         let flush_failures = counter(
             "weir_sink_flush_failures_total",
             "Flushes that failed (they are retried; offsets stay uncommitted).",
@@ -142,6 +156,8 @@ impl SinkMetrics {
             bytes_written,
             dead_letters,
             records_skipped,
+            offset_regressions,
+            records_expired,
             flush_seconds,
             flush_failures,
             consumer_lag,
