@@ -297,6 +297,25 @@ pub struct LimitsSpec {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub read_timeout: Duration,
+    /// Longest time to receive an HTTP request's headers (WebSocket handshakes
+    /// included); the connection is closed after it.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub header_read_timeout: Duration,
+    /// A connection (HTTP, WebSocket, gRPC) from which nothing was read for this long is
+    /// closed. Must be longer than the longest call: `readTimeout + admissionTimeout +
+    /// kafka.deliveryTimeout + 5s`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub idle_connection_timeout: Duration,
+    /// Longest time one answer may take to be written (HTTP body, WebSocket frame,
+    /// gRPC keepalive acknowledgement); a client that does not read is disconnected.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub write_timeout: Duration,
+    /// Most connections open at once on each of the HTTP port (WebSocket connections
+    /// included) and the gRPC port; past it new connections are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsSpec {
@@ -308,6 +327,10 @@ impl Default for LimitsSpec {
             max_inflight_batches_per_connection: 64,
             admission_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 40_000,
         }
     }
 }
@@ -421,6 +444,11 @@ pub struct WebSocketSpec {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub idle_timeout: Duration,
+    /// Answer bytes one connection may have waiting to be written. When its answers do
+    /// not drain within `limits.writeTimeout`, the connection is closed (1008).
+    pub max_queued_answer_bytes: usize,
+    /// Answer bytes all connections together may have waiting to be written.
+    pub max_queued_answer_bytes_total: usize,
 }
 
 impl Default for WebSocketSpec {
@@ -429,6 +457,8 @@ impl Default for WebSocketSpec {
             max_connections: 30_000,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
+            max_queued_answer_bytes: 1024 * 1024,
+            max_queued_answer_bytes_total: 256 * 1024 * 1024,
         }
     }
 }

@@ -223,9 +223,58 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
             limits.max_inflight_batches_per_connection,
         ),
         ("websocket.maxConnections", spec.websocket.max_connections),
+        ("limits.maxConnections", limits.max_connections),
+        (
+            "websocket.maxQueuedAnswerBytes",
+            spec.websocket.max_queued_answer_bytes,
+        ),
+        (
+            "websocket.maxQueuedAnswerBytesTotal",
+            spec.websocket.max_queued_answer_bytes_total,
+        ),
     ] {
         if value == 0 {
             return Err(invalid(field, "must be greater than 0"));
+        }
+    }
+    for (field, value) in [
+        ("limits.headerReadTimeout", limits.header_read_timeout),
+        (
+            "limits.idleConnectionTimeout",
+            limits.idle_connection_timeout,
+        ),
+        ("limits.writeTimeout", limits.write_timeout),
+        ("limits.readTimeout", limits.read_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(field, "must be greater than 0"));
+        }
+    }
+    let longest_call = limits.read_timeout
+        + limits.admission_timeout
+        + spec.kafka.delivery_timeout
+        + crate::gateway::ingest::DELIVERY_GRACE;
+    if limits.idle_connection_timeout <= longest_call {
+        return Err(invalid(
+            "limits.idleConnectionTimeout",
+            format!(
+                "must be longer than the longest call ({longest_call:?}: limits.readTimeout + limits.admissionTimeout + kafka.deliveryTimeout + 5s), or a client waiting for its answer would be disconnected"
+            ),
+        ));
+    }
+    // Semaphore permits are u32.
+    for (field, value) in [
+        (
+            "websocket.maxQueuedAnswerBytes",
+            spec.websocket.max_queued_answer_bytes,
+        ),
+        (
+            "websocket.maxQueuedAnswerBytesTotal",
+            spec.websocket.max_queued_answer_bytes_total,
+        ),
+    ] {
+        if value > u32::MAX as usize {
+            return Err(invalid(field, "must be below 4 GiB"));
         }
     }
     if limits.max_batch_bytes > limits.max_inflight_bytes {

@@ -139,7 +139,15 @@ fn severity(code: Code) -> u8 {
     }
 }
 
+/// Failures that carry their reason; later ones carry only their index and code, so an
+/// answer stays small whatever the batch (a reason may echo client input).
+pub const DETAILED_FAILURES: usize = 100;
+/// Longest per-event reason, in bytes.
+pub const MAX_REASON_BYTES: usize = 256;
+
 /// The answer to a processed batch of `events` events of which `failures` failed.
+/// Every failed event is listed with its code; the first [`DETAILED_FAILURES`] with
+/// their reasons, each cut to [`MAX_REASON_BYTES`].
 pub fn batch_response(
     req_guid: &str,
     events: usize,
@@ -153,14 +161,39 @@ pub fn batch_response(
         .iter()
         .max_by_key(|f| severity(f.code()))
         .expect("failures is not empty");
-    let reason = format!(
+    let mut reason = format!(
         "{} of {} events failed; event {}: {}",
         failures.len(),
         events,
         worst.index,
-        worst.reason
+        truncate(&worst.reason, MAX_REASON_BYTES)
     );
-    response(req_guid, worst.code(), reason, failures)
+    if failures.len() > DETAILED_FAILURES {
+        reason.push_str(&format!(
+            " (reasons are given for the first {DETAILED_FAILURES} failed events)"
+        ));
+    }
+    let code = worst.code();
+    for (i, failure) in failures.iter_mut().enumerate() {
+        if i < DETAILED_FAILURES {
+            failure.reason = truncate(&failure.reason, MAX_REASON_BYTES);
+        } else {
+            failure.reason.clear();
+        }
+    }
+    response(req_guid, code, reason, failures)
+}
+
+/// `text` cut to at most `max_bytes` on a character boundary, marked with `…` when cut.
+pub fn truncate(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_string();
+    }
+    let mut end = max_bytes.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 fn response(
@@ -250,6 +283,35 @@ mod tests {
         assert_eq!(r.event_results[0].index, 1, "sorted by index");
         assert!(r.reason.contains("2 of 5 events failed"), "{}", r.reason);
         assert!(r.reason.contains("broker down"), "{}", r.reason);
+    }
+
+    #[test]
+    fn answers_stay_small_whatever_the_batch() {
+        let long = "x".repeat(10_000);
+        let failures = (0..10_000)
+            .map(|i| event_failure(i, Code::BadRequest, format!("invalid type {long}")))
+            .collect();
+        let r = batch_response("g", 10_000, failures);
+        assert_eq!(
+            r.event_results.len(),
+            10_000,
+            "every failed event is listed"
+        );
+        assert!(r.event_results[..DETAILED_FAILURES]
+            .iter()
+            .all(|f| f.reason.len() <= MAX_REASON_BYTES && f.reason.starts_with("invalid type")));
+        assert!(
+            r.event_results[DETAILED_FAILURES..]
+                .iter()
+                .all(|f| f.reason.is_empty())
+        );
+        assert!(r.reason.contains("first 100"), "{}", r.reason);
+        let bytes = prost::Message::encoded_len(&r);
+        assert!(bytes < 150_000, "{bytes} bytes");
+        assert_eq!(truncate("héllo", 3), "…");
+        assert_eq!(truncate("héllo", 5), "h…");
+        assert_eq!(truncate("héllo", 6), "héllo");
+        assert_eq!(truncate("abc", 3), "abc");
     }
 
     #[test]

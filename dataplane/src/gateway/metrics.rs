@@ -79,6 +79,9 @@ pub struct Metrics {
     pub inflight_bytes: IntGauge,
     /// Routing file reloads, by result.
     pub routing_reloads: IntCounterVec,
+    /// Connections the gateway closed to protect itself, by port (`http`, `grpc`) and
+    /// reason (`not_reading`, `connection_limit`).
+    pub connections_dropped: IntCounterVec,
     /// Label budget for event types.
     pub event_types: BoundedLabels,
     /// Label budget for topics.
@@ -134,6 +137,11 @@ impl Metrics {
             "weir_gateway_routing_reloads_total",
             "Routing file reloads.",
             &["result"],
+        );
+        let connections_dropped = counter(
+            "weir_gateway_connections_dropped_total",
+            "Connections closed by the gateway: clients that did not read their answers within limits.writeTimeout, or past limits.maxConnections.",
+            &["port", "reason"],
         );
         let connections = IntGaugeVec::new(
             Opts::new("weir_gateway_connections", "Open WebSocket connections."),
@@ -199,6 +207,7 @@ impl Metrics {
             producer_queue,
             inflight_bytes,
             routing_reloads,
+            connections_dropped,
             event_types: BoundedLabels::new(LABEL_LIMIT),
             topics: BoundedLabels::new(LABEL_LIMIT),
             groups: BoundedLabels::new(LABEL_LIMIT),

@@ -16,6 +16,7 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod json;
+pub mod listener;
 pub mod metrics;
 pub mod ops;
 pub mod publish;
@@ -28,7 +29,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use listener::ConnectionLimits;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,6 +62,8 @@ pub struct Shared {
     pub sessions: TaskTracker,
     /// Readiness.
     pub health: Arc<Health>,
+    /// WebSocket answer bytes waiting to be written, across connections.
+    pub answer_budget: Arc<Semaphore>,
 }
 
 /// A running gateway.
@@ -138,6 +143,7 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             health: Arc::new(Health::default()),
+            answer_budget: Arc::new(Semaphore::new(spec.websocket.max_queued_answer_bytes_total)),
             spec,
         });
         let http_addr = http_listener.local_addr()?;
@@ -145,12 +151,13 @@ impl Gateway {
         let metrics_addr = metrics_listener.local_addr()?;
         let background = CancellationToken::new();
 
-        let http_server = serve_http(
+        let http_server = listener::serve(
             http_listener,
             http::routes(shared.clone()),
+            ConnectionLimits::new(&shared.spec.limits, metrics.clone(), "http"),
             shared.shutdown.clone(),
-            "HTTP",
         );
+        let grpc_connections = ConnectionLimits::new(&shared.spec.limits, metrics.clone(), "grpc");
 
         let stop = shared.shutdown.clone();
         let (raccoon, weir) = grpc::services(shared.clone());
@@ -165,8 +172,7 @@ impl Gateway {
                 .add_service(raccoon)
                 .add_service(weir)
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc_listener)
-                        .with_nodelay(Some(true)),
+                    listener::incoming(grpc_listener, grpc_connections),
                     async move { stop.cancelled().await },
                 )
                 .await;

@@ -7,6 +7,13 @@
 //!   pushes back on the client, while answers keep flowing.
 //! - Liveness: the server pings every `websocket.pingInterval`; any frame from the
 //!   client counts as alive, and one silent for `websocket.idleTimeout` is closed.
+//! - Answers waiting to be written are bounded in bytes, per connection
+//!   (`websocket.maxQueuedAnswerBytes`) and across connections
+//!   (`websocket.maxQueuedAnswerBytesTotal`); an answer waits for room, and a client
+//!   whose answers find none within `limits.writeTimeout`, or whose socket takes a
+//!   frame for longer than that, is disconnected. Memory per connection is therefore
+//!   about its budget plus `maxInflightBatchesPerConnection` answers being built, each
+//!   small (see `ack::batch_response`).
 //! - Closing (shutdown, replacement by a newer connection, idle): the session stops
 //!   reading, answers every batch it accepted, then sends a close frame.
 
@@ -16,11 +23,12 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 use weir_proto::SendEventResponse;
 
 use super::Shared;
-use super::ack::Rejection;
+use super::ack::{Rejection, truncate};
 use super::decode::{self, ContentKind, Encoding};
 use super::identity::{ConnectionGuard, Identity};
 use super::ingest::Transport;
@@ -88,20 +96,40 @@ pub async fn serve(
     let settings = &shared.spec.websocket;
     let max_inflight = shared.spec.limits.max_inflight_batches_per_connection;
     let (mut sink, mut stream) = socket.split();
-    let (replies, mut outbox) = mpsc::channel::<Message>(max_inflight + 2);
+    let (replies, mut outbox) = mpsc::channel::<Queued>(max_inflight + 2);
+    let budget = AnswerBudget {
+        connection: Arc::new(Semaphore::new(settings.max_queued_answer_bytes)),
+        connection_size: settings.max_queued_answer_bytes,
+        total: shared.answer_budget.clone(),
+        total_size: settings.max_queued_answer_bytes_total,
+        wait: shared.spec.limits.write_timeout,
+    };
+    // Cancelled when the client stopped reading: its answers found no room in time, or
+    // a frame did not go out in time.
+    let not_reading = CancellationToken::new();
 
-    // The writer owns the sending half; a client that stops reading for a whole idle
-    // timeout is dropped rather than allowed to pin answers in memory.
-    let write_timeout = settings.idle_timeout;
-    let writer = tokio::spawn(async move {
-        while let Some(message) = outbox.recv().await {
-            let is_close = matches!(message, Message::Close(_));
-            match tokio::time::timeout(write_timeout, sink.send(message)).await {
-                Ok(Ok(())) if !is_close => {}
-                _ => break,
+    // The writer owns the sending half; each answer's budget is given back once the
+    // frame is written.
+    let write_timeout = shared.spec.limits.write_timeout;
+    let writer = tokio::spawn({
+        let not_reading = not_reading.clone();
+        async move {
+            while let Some((message, permits)) = outbox.recv().await {
+                let is_close = matches!(message, Message::Close(_));
+                let sent = tokio::time::timeout(write_timeout, sink.send(message)).await;
+                drop(permits);
+                match sent {
+                    Ok(Ok(())) if !is_close => {}
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        not_reading.cancel();
+                        return;
+                    }
+                }
             }
+            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
         }
-        let _ = sink.close().await;
     });
 
     let permits = Arc::new(Semaphore::new(max_inflight));
@@ -119,11 +147,15 @@ pub async fn serve(
             _ = guard.kicked.cancelled() => {
                 break Closing::new(close_code::POLICY, "replaced by a newer connection with the same identity");
             }
+            _ = not_reading.cancelled() => {
+                shared.metrics.connections_dropped.with_label_values(&["http", "not_reading"]).inc();
+                break Closing::new(close_code::POLICY, "the client does not read its answers");
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= settings.idle_timeout {
                     break Closing::new(close_code::AWAY, "idle timeout");
                 }
-                if replies.try_send(Message::Ping(Bytes::new())).is_err() {
+                if replies.try_send((Message::Ping(Bytes::new()), None)).is_err() {
                     // The outbox is full of answers, which will do as a liveness probe.
                 }
             }
@@ -145,16 +177,22 @@ pub async fn serve(
                 let shared = shared.clone();
                 let identity = identity.clone();
                 let replies = replies.clone();
+                let budget = budget.clone();
+                let not_reading = not_reading.clone();
                 tokio::spawn(async move {
                     let (response, encoding) = process(&shared, &identity, kind, payload, received).await;
                     let body = decode::encode_response(&response, encoding);
+                    let Some(permits) = budget.reserve(body.len()).await else {
+                        not_reading.cancel();
+                        return;
+                    };
                     let message = match encoding {
                         Encoding::Protobuf => Message::Binary(body.into()),
                         Encoding::Json(_) => Message::Text(
                             String::from_utf8(body).expect("JSON is UTF-8").into(),
                         ),
                     };
-                    let _ = replies.send(message).await;
+                    let _ = replies.send((message, Some(permits))).await;
                     drop(permit);
                 });
             }
@@ -163,15 +201,20 @@ pub async fn serve(
 
     // Answer what was accepted, then say goodbye.
     let drain = shared.spec.shutdown.drain_timeout;
-    let _ = tokio::time::timeout(drain, permits.acquire_many(max_inflight as u32)).await;
+    let answered = async {
+        let _ = permits.acquire_many(max_inflight as u32).await;
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(drain, answered) => {}
+        _ = not_reading.cancelled() => {}
+    }
     if let Some(Closing { code, reason }) = closing {
-        let _ = replies
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                // Close reasons are limited to 123 bytes by the protocol.
-                reason: truncate(&reason, 120).into(),
-            })))
-            .await;
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            // Close reasons are limited to 123 bytes by the protocol.
+            reason: truncate(&reason, 120).into(),
+        }));
+        let _ = tokio::time::timeout(write_timeout, replies.send((close, None))).await;
     }
     drop(replies);
     let _ = tokio::time::timeout(drain, writer).await;
@@ -214,10 +257,36 @@ async fn process(
     }
 }
 
-fn truncate(text: &str, max_bytes: usize) -> String {
-    let mut end = text.len().min(max_bytes);
-    while !text.is_char_boundary(end) {
-        end -= 1;
+/// A frame for the writer and the answer budget it holds until written.
+type Queued = (
+    Message,
+    Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+);
+
+/// Room for answers waiting to be written: the connection's and everyone's.
+#[derive(Clone)]
+struct AnswerBudget {
+    connection: Arc<Semaphore>,
+    connection_size: usize,
+    total: Arc<Semaphore>,
+    total_size: usize,
+    wait: Duration,
+}
+
+impl AnswerBudget {
+    /// Waits up to the write timeout for room for `bytes` (an answer larger than a
+    /// whole budget takes all of it); `None` when there was none.
+    async fn reserve(&self, bytes: usize) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let own = bytes.min(self.connection_size) as u32;
+        let all = bytes.min(self.total_size) as u32;
+        let reserve = async {
+            let own = self.connection.clone().acquire_many_owned(own).await.ok()?;
+            let all = self.total.clone().acquire_many_owned(all).await.ok()?;
+            Some((own, all))
+        };
+        tokio::time::timeout(self.wait, reserve)
+            .await
+            .ok()
+            .flatten()
     }
-    text[..end].to_string()
 }

@@ -1,0 +1,208 @@
+//! Accepting client connections on the HTTP and gRPC ports.
+//!
+//! Invariants:
+//! - At most `limits.maxConnections` connections per port are open; one past it is
+//!   closed as soon as it is accepted (and counted), so a flood never exhausts file
+//!   descriptors that live clients need.
+//! - Every socket has an idle timeout (`limits.idleConnectionTimeout`: nothing read for
+//!   that long ends the connection) and a write timeout (`limits.writeTimeout`: a write
+//!   that makes no progress for that long ends it), so a client that stops reading or
+//!   sending cannot hold memory or a descriptor forever. HTTP/1 request headers must
+//!   arrive within `limits.headerReadTimeout`, counted from when the connection is ready
+//!   for a request, which also closes idle keep-alive connections.
+//! - Accept errors (out of descriptors, for one) are logged and retried after a pause
+//!   that doubles up to a second, instead of spinning or stopping the port.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_io_timeout::TimeoutStream;
+use tokio_util::sync::CancellationToken;
+use weir_crds::pipeline::LimitsSpec;
+
+use super::metrics::Metrics;
+
+/// First and longest pause after an accept error.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// What every accepted connection of a port is held to.
+#[derive(Clone)]
+pub struct ConnectionLimits {
+    slots: Arc<Semaphore>,
+    idle_timeout: Duration,
+    write_timeout: Duration,
+    header_read_timeout: Duration,
+    metrics: Arc<Metrics>,
+    port: &'static str,
+}
+
+impl ConnectionLimits {
+    /// The limits of `port` (`http` or `grpc`, the metric label).
+    pub fn new(limits: &LimitsSpec, metrics: Arc<Metrics>, port: &'static str) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            idle_timeout: limits.idle_connection_timeout,
+            write_timeout: limits.write_timeout,
+            header_read_timeout: limits.header_read_timeout,
+            metrics,
+            port,
+        }
+    }
+
+    /// The next connection within the limit; waits out accept errors.
+    async fn accept(&self, listener: &TcpListener) -> GuardedStream {
+        let mut backoff = ACCEPT_BACKOFF.0;
+        loop {
+            let (stream, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(port = self.port, %error, retry_in = ?backoff, "cannot accept a connection");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                    continue;
+                }
+            };
+            backoff = ACCEPT_BACKOFF.0;
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                self.metrics
+                    .connections_dropped
+                    .with_label_values(&[self.port, "connection_limit"])
+                    .inc();
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let mut io = TimeoutStream::new(stream);
+            io.set_read_timeout(Some(self.idle_timeout));
+            io.set_write_timeout(Some(self.write_timeout));
+            return GuardedStream {
+                io: Box::pin(io),
+                remote,
+                _slot: permit,
+            };
+        }
+    }
+}
+
+/// An accepted socket with its timeouts, holding its connection slot until dropped.
+pub struct GuardedStream {
+    io: Pin<Box<TimeoutStream<TcpStream>>>,
+    remote: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl GuardedStream {
+    /// The client's address.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.io.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.io.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.as_mut().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io.as_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for GuardedStream {
+    type ConnectInfo = SocketAddr;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.remote
+    }
+}
+
+/// The gRPC port's connections, for `serve_with_incoming_shutdown`.
+pub fn incoming(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+) -> impl Stream<Item = io::Result<GuardedStream>> {
+    futures_util::stream::unfold((listener, limits), |(listener, limits)| async move {
+        let stream = limits.accept(&listener).await;
+        Some((Ok(stream), (listener, limits)))
+    })
+}
+
+/// Serves an axum app (WebSocket upgrades included) on `listener` under `limits` until
+/// `stop`, then lets requests in progress finish.
+pub fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let stream = tokio::select! {
+                _ = stop.cancelled() => break,
+                stream = limits.accept(&listener) => stream,
+            };
+            let service = TowerToHyperService::new(app.clone());
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                // Errors here are clients going away or timing out.
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "HTTP connection ended");
+                }
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+    })
+}

@@ -1,0 +1,149 @@
+//! Hostile and broken clients at the socket level: headers that never finish, idle
+//! connections, clients that never read their answers, and connection floods, on the
+//! HTTP and gRPC ports.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection; the time it took, or `None` when it
+/// was still open after `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all)
+        .await
+        .ok()
+        .map(|()| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_never_finish_and_idle_keep_alive_connections_are_closed() {
+    let (_kafka, gateway) = start(|spec| {
+        spec.limits.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut slow = TcpStream::connect(gateway.http_addr).await.unwrap();
+    slow.write_all(b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let took = closed_within(&mut slow, Duration::from_secs(10)).await;
+    assert!(
+        took.is_some(),
+        "a request whose headers never finish is closed"
+    );
+
+    let mut idle = TcpStream::connect(gateway.http_addr).await.unwrap();
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let took = closed_within(&mut idle, Duration::from_secs(10)).await;
+    assert!(took.is_some(), "an idle keep-alive connection is closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_at_once_on_both_ports() {
+    let (_kafka, gateway) = start(|spec| {
+        spec.limits.max_connections = 3;
+    })
+    .await;
+    for addr in [gateway.http_addr, gateway.grpc_addr] {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Let the server accept them before the one too many.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "the connection past the limit on {addr} is closed"
+        );
+        drop(held);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Slots are given back: a client is served again.
+    let (status, _) = post_proto(
+        &gateway,
+        &request("after", vec![event("click", b"x")]),
+        &[("X-User-ID", "u")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let metrics = metrics_text(&gateway).await;
+    for port in ["http", "grpc"] {
+        assert!(
+            metrics.contains(&format!(
+                r#"weir_gateway_connections_dropped_total{{port="{port}",reason="connection_limit"}} 1"#
+            )),
+            "{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_grpc_connection_is_closed() {
+    let (_kafka, gateway) = start(|spec| {
+        spec.limits.read_timeout = Duration::from_secs(1);
+        spec.limits.admission_timeout = Duration::from_secs(1);
+        spec.kafka.delivery_timeout = Duration::from_secs(1);
+        spec.limits.idle_connection_timeout = Duration::from_secs(9);
+    })
+    .await;
+    let mut idle = TcpStream::connect(gateway.grpc_addr).await.unwrap();
+    let took = closed_within(&mut idle, Duration::from_secs(20)).await;
+    assert!(took.is_some(), "an idle gRPC connection is closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_client_that_never_reads_its_answers_is_disconnected() {
+    let (_kafka, gateway) = start(|spec| {
+        spec.limits.write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // Pipelined requests whose answers list 2,000 failed events each, never read.
+    let bad_type = "!".repeat(200);
+    let body = request("r", (0..2_000).map(|_| event(&bad_type, b"x")).collect()).encode_to_vec();
+    let mut head = format!(
+        "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nX-User-ID: u\r\nContent-Type: application/proto\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    head.extend_from_slice(&body);
+    let mut client = TcpStream::connect(gateway.http_addr).await.unwrap();
+    let before = rss_bytes();
+    let sending = async {
+        for _ in 0..200 {
+            if client.write_all(&head).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Sends stop being taken once the server's answers back up; the server then gives
+    // up on the client after the write timeout.
+    let _ = tokio::time::timeout(Duration::from_secs(20), sending).await;
+    let grown = rss_bytes().saturating_sub(before);
+    eprintln!("resident memory grew by {} MiB", grown / (1024 * 1024));
+    assert!(grown < 100 * 1024 * 1024, "grew {grown} bytes");
+    assert!(
+        closed_within(&mut client, Duration::from_secs(20))
+            .await
+            .is_some(),
+        "the server closes the connection of a client that does not read"
+    );
+}
