@@ -36,7 +36,11 @@ async fn both_service_names_accept_batches() {
     assert_eq!(answer.code(), Code::Ok);
     assert_eq!(answer.data["req_guid"], "r1");
 
-    let mut weir = WeirClient::connect(url).await.unwrap();
+    // Gzip-compressed messages are read too.
+    let mut weir = WeirClient::connect(url)
+        .await
+        .unwrap()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
     let answer = weir
         .send_event(with_identity(
             request("w1", vec![event("tap", b"weir")]),
@@ -102,12 +106,72 @@ async fn failures_map_to_grpc_status_with_the_full_answer() {
     big.metadata_mut()
         .insert("authorization", "Bearer sesame".parse().unwrap());
     let status = client.send_event(big).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    let answer = response_from_status(&status).expect("full answer in the trailer");
+    assert_eq!(answer.code(), Code::PayloadTooLarge);
+    gateway.shutdown().await;
+}
+
+/// A `SendEventRequest` on the wire whose events are arbitrary bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawBatch {
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    events: Vec<Vec<u8>>,
+}
+
+async fn send_raw(addr: std::net::SocketAddr, batch: RawBatch) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/raystack.raccoon.v1beta1.EventService/SendEvent",
+    );
+    let codec = tonic_prost::ProstCodec::<RawBatch, weir_proto::SendEventResponse>::default();
+    grpc.unary(tonic::Request::new(batch), path, codec)
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_and_overfull_batches_are_invalid_argument_with_the_full_answer() {
+    let (_kafka, gateway) = start(|spec| spec.limits.max_events_per_batch = 100).await;
+    // An event that is not an Event (a truncated field): the client's fault, so not
+    // retried as INTERNAL would be.
+    let status = send_raw(
+        gateway.grpc_addr,
+        RawBatch {
+            events: vec![vec![0x0a, 0x05, 0x01]],
+        },
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let answer = response_from_status(&status).expect("full answer in the trailer");
+    assert_eq!(answer.code(), Code::BadRequest);
     assert!(
-        matches!(
-            status.code(),
-            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-        ),
-        "{status:?}"
+        answer.reason.contains("invalid protobuf request"),
+        "{}",
+        answer.reason
+    );
+    // 200,000 empty events: refused by count before any is decoded.
+    let status = send_raw(
+        gateway.grpc_addr,
+        RawBatch {
+            events: vec![Vec::new(); 200_000],
+        },
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let answer = response_from_status(&status).expect("full answer in the trailer");
+    assert!(
+        answer
+            .reason
+            .contains("batch has 200000 events; the limit is 100"),
+        "{}",
+        answer.reason
     );
     gateway.shutdown().await;
 }

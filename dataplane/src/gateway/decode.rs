@@ -1,6 +1,12 @@
 //! Decoding batches from the wire and encoding answers back, for every transport.
 //!
 //! Pure functions: bytes in, a request (or a [`Rejection`] that names the problem) out.
+//!
+//! Decoding costs memory per event, so a batch with more than `maxEventsPerBatch` events
+//! is refused before any event is decoded: protobuf by counting the `events` fields in
+//! one pass over the bytes, JSON by a reader that stops at the first event past the
+//! limit. Bodies of [`BLOCKING_DECODE_BYTES`] or more are decoded on the blocking pool,
+//! not on the threads that serve connections.
 
 use bytes::Bytes;
 use prost::Message;
@@ -56,6 +62,23 @@ impl Encoding {
     }
 }
 
+/// Bodies at least this large are decoded on the blocking pool.
+pub const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
+
+/// [`decode_request`], on the blocking pool for large bodies.
+pub async fn decode_request_async(
+    kind: ContentKind,
+    body: Bytes,
+    max_events: usize,
+) -> Result<(SendEventRequest, Encoding), Rejection> {
+    if body.len() < BLOCKING_DECODE_BYTES {
+        return decode_request(kind, body, max_events);
+    }
+    tokio::task::spawn_blocking(move || decode_request(kind, body, max_events))
+        .await
+        .map_err(|e| Rejection::Internal(format!("decoding the batch failed: {e}")))?
+}
+
 /// Decodes a batch and checks the per-batch limits.
 pub fn decode_request(
     kind: ContentKind,
@@ -64,12 +87,21 @@ pub fn decode_request(
 ) -> Result<(SendEventRequest, Encoding), Rejection> {
     let (request, encoding) = match kind {
         ContentKind::Protobuf => {
+            let events = count_protobuf_events(&body)
+                .map_err(|e| Rejection::BadRequest(format!("invalid protobuf request: {e}")))?;
+            if events > max_events {
+                return Err(too_many_events(Some(events), max_events));
+            }
             let request = SendEventRequest::decode(body)
                 .map_err(|e| Rejection::BadRequest(format!("invalid protobuf request: {e}")))?;
             (request, Encoding::Protobuf)
         }
         ContentKind::Json => {
-            let (request, dialect) = json::parse_request(&body).map_err(Rejection::BadRequest)?;
+            let (request, dialect) =
+                json::parse_request(&body, max_events).map_err(|e| match e {
+                    json::ParseError::TooManyEvents => too_many_events(None, max_events),
+                    json::ParseError::Invalid(reason) => Rejection::BadRequest(reason),
+                })?;
             (request, Encoding::Json(dialect))
         }
     };
@@ -77,13 +109,37 @@ pub fn decode_request(
     Ok((request, encoding))
 }
 
+/// `seen`: the count, when it is known.
+fn too_many_events(seen: Option<usize>, max_events: usize) -> Rejection {
+    let seen = match seen {
+        Some(n) => n.to_string(),
+        None => format!("more than {max_events}"),
+    };
+    Rejection::BadRequest(format!(
+        "batch has {seen} events; the limit is {max_events}"
+    ))
+}
+
+/// The number of `events` (field 3) in an encoded `SendEventRequest`, read in one pass
+/// without decoding any of them.
+fn count_protobuf_events(mut body: &[u8]) -> Result<usize, prost::DecodeError> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
+    const EVENTS: u32 = 3;
+    let mut events = 0;
+    while !body.is_empty() {
+        let (tag, wire_type) = decode_key(&mut body)?;
+        if tag == EVENTS && wire_type == WireType::LengthDelimited {
+            events += 1;
+        }
+        skip_field(wire_type, tag, &mut body, DecodeContext::default())?;
+    }
+    Ok(events)
+}
+
 /// Checks a decoded batch against the per-batch limits (gRPC decodes on its own).
 pub fn check_batch(request: &SendEventRequest, max_events: usize) -> Result<(), Rejection> {
     if request.events.len() > max_events {
-        return Err(Rejection::BadRequest(format!(
-            "batch has {} events; the limit is {max_events}",
-            request.events.len()
-        )));
+        return Err(too_many_events(Some(request.events.len()), max_events));
     }
     Ok(())
 }
@@ -147,6 +203,25 @@ mod tests {
         let (decoded, enc) = decode_request(ContentKind::Protobuf, bytes, 10).unwrap();
         assert_eq!(decoded, request(3));
         assert_eq!(enc, Encoding::Protobuf);
+    }
+
+    #[test]
+    fn too_many_events_are_refused_before_decoding() {
+        // 2,000 empty events (`1a 00`), as the probe sent 2 million.
+        let body = Bytes::from([0x1a, 0x00].repeat(2_000));
+        let err = decode_request(ContentKind::Protobuf, body.clone(), 1_999).unwrap_err();
+        assert_eq!(err.code(), weir_proto::Code::BadRequest);
+        assert!(
+            err.to_string()
+                .contains("batch has 2000 events; the limit is 1999"),
+            "{err}"
+        );
+        assert_eq!(count_protobuf_events(&body).unwrap(), 2_000);
+        let (request, _) = decode_request(ContentKind::Protobuf, body, 2_000).unwrap();
+        assert_eq!(request.events.len(), 2_000);
+        let json = format!(r#"{{"events":[{}]}}"#, ["{}"; 11].join(","));
+        let err = decode_request(ContentKind::Json, Bytes::from(json), 10).unwrap_err();
+        assert!(err.to_string().contains("more than 10 events"), "{err}");
     }
 
     #[test]

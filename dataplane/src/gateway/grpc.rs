@@ -6,10 +6,23 @@
 //! message, and the full `SendEventResponse` (with its per-event results) in the
 //! `weir-response-bin` trailer, so retry policies that look only at status codes work
 //! and nothing about which events failed is lost.
+//!
+//! Batches are decoded by [`DecodeBatches`], a layer in front of tonic, not by tonic's
+//! codec: so an undecodable batch is INVALID_ARGUMENT and an oversized one
+//! RESOURCE_EXHAUSTED, both with the trailer, like every other refusal; a batch with too
+//! many events is refused before its events are decoded; and large batches are decoded
+//! on the blocking pool. The layer hands the batch to the handler in the request's
+//! extensions and tonic an empty message in its place.
 
-use std::sync::Arc;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::http;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
 use prost::Message;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
@@ -23,7 +36,7 @@ use weir_proto::{Code, SendEventRequest, SendEventResponse};
 
 use super::Shared;
 use super::ack::{self, Rejection};
-use super::decode;
+use super::decode::{self, ContentKind};
 use super::identity::Identity;
 use super::ingest::Transport;
 
@@ -70,11 +83,15 @@ impl EventGrpc {
 
     async fn handle(
         &self,
-        request: Request<SendEventRequest>,
+        mut request: Request<SendEventRequest>,
     ) -> Result<Response<SendEventResponse>, Status> {
         let received = Instant::now();
         let identity = self.identify(request.metadata());
-        let batch = request.into_inner();
+        let decoded = request
+            .extensions_mut()
+            .remove::<DecodedBatch>()
+            .and_then(|d| d.0.lock().ok()?.take());
+        let batch = decoded.unwrap_or_else(|| request.into_inner());
         let prepared = identity.and_then(|identity| {
             decode::check_batch(&batch, self.shared.spec.limits.max_events_per_batch)?;
             Ok(identity)
@@ -97,6 +114,13 @@ impl EventGrpc {
         if response.code() == Code::Ok {
             return Ok(Response::new(response));
         }
+        Err(refusal(&response))
+    }
+}
+
+/// The status of an answer that is not OK, with the whole answer in the trailer.
+fn refusal(response: &SendEventResponse) -> Status {
+    {
         let mut trailers = MetadataMap::new();
         trailers.insert_bin(
             RESPONSE_TRAILER,
@@ -105,12 +129,158 @@ impl EventGrpc {
         if let Some(seconds) = ack::retry_after_seconds(response.code()) {
             trailers.insert("retry-after", MetadataValue::from(seconds));
         }
-        Err(Status::with_metadata(
+        Status::with_metadata(
             ack::grpc_code(response.code()),
             response.reason.clone(),
             trailers,
-        ))
+        )
     }
+}
+
+/// A batch decoded by [`DecodeBatches`], for the handler to take.
+#[derive(Clone)]
+struct DecodedBatch(Arc<Mutex<Option<SendEventRequest>>>);
+
+/// The layer that decodes batches before tonic does (see the module docs).
+pub fn decode_batches(
+    shared: Arc<Shared>,
+) -> impl tower::Layer<Routes, Service = DecodeBatches> + Clone {
+    tower::layer::layer_fn(move |inner| DecodeBatches {
+        inner,
+        shared: shared.clone(),
+    })
+}
+
+type Routes = tonic::service::Routes;
+
+/// See [`decode_batches`].
+#[derive(Clone)]
+pub struct DecodeBatches {
+    inner: Routes,
+    shared: Arc<Shared>,
+}
+
+/// A gRPC message frame: a compression flag and a 4-byte length.
+const FRAME_HEADER: usize = 5;
+
+impl tower::Service<http::Request<tonic::body::Body>> for DecodeBatches {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The ready clone serves this call; the fresh one waits for the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let received = Instant::now();
+            let (mut parts, body) = request.into_parts();
+            let checked = match shared
+                .auth
+                .check(|name| metadata_text_of(&parts.headers, name))
+            {
+                Ok(()) => read_batch(&shared, &parts.headers, body).await,
+                Err(rejection) => Err(rejection),
+            };
+            match checked {
+                Ok(batch) => {
+                    parts
+                        .extensions
+                        .insert(DecodedBatch(Arc::new(Mutex::new(Some(batch)))));
+                    // An empty message: the handler reads the decoded batch instead.
+                    let empty = http_body_util::Full::new(Bytes::from_static(&[0; FRAME_HEADER]));
+                    let request = http::Request::from_parts(parts, tonic::body::Body::new(empty));
+                    inner.call(request).await
+                }
+                Err(rejection) => {
+                    shared
+                        .ingestor
+                        .answered(Transport::Grpc, rejection.code(), received);
+                    Ok(refusal(&rejection.response("")).into_http())
+                }
+            }
+        })
+    }
+}
+
+fn metadata_text_of<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name.to_ascii_lowercase())
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Reads the one message of a unary call, within `limits.readTimeout` and
+/// `limits.maxBatchBytes` (after decompression), and decodes it.
+async fn read_batch(
+    shared: &Shared,
+    headers: &http::HeaderMap,
+    body: tonic::body::Body,
+) -> Result<SendEventRequest, Rejection> {
+    let limit = shared.spec.limits.max_batch_bytes;
+    let read_timeout = shared.spec.limits.read_timeout;
+    let limited = http_body_util::Limited::new(body, limit + FRAME_HEADER);
+    let collected = tokio::time::timeout(read_timeout, limited.collect())
+        .await
+        .map_err(|_| Rejection::ReadTimeout(read_timeout))?
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Rejection::TooLarge { limit }
+            } else {
+                Rejection::BadRequest(format!("cannot read the request: {e}"))
+            }
+        })?
+        .to_bytes();
+    if collected.len() < FRAME_HEADER {
+        return Err(Rejection::BadRequest("the call carries no message".into()));
+    }
+    let compressed = collected[0] == 1;
+    let length =
+        u32::from_be_bytes(collected[1..FRAME_HEADER].try_into().expect("4 bytes")) as usize;
+    if length > limit {
+        return Err(Rejection::TooLarge { limit });
+    }
+    let Some(message) = collected.get(FRAME_HEADER..FRAME_HEADER + length) else {
+        return Err(Rejection::BadRequest(format!(
+            "the message is cut short: {} of {length} bytes",
+            collected.len() - FRAME_HEADER
+        )));
+    };
+    let message = collected.slice_ref(message);
+    let message = if compressed {
+        let coding = metadata_text_of(headers, "grpc-encoding").unwrap_or_default();
+        if !coding.eq_ignore_ascii_case("gzip") {
+            return Err(Rejection::BadRequest(format!(
+                "unsupported grpc-encoding {coding:?}: send gzip or uncompressed messages"
+            )));
+        }
+        gunzip(&message, limit)?
+    } else {
+        message
+    };
+    let max_events = shared.spec.limits.max_events_per_batch;
+    let (batch, _) =
+        decode::decode_request_async(ContentKind::Protobuf, message, max_events).await?;
+    Ok(batch)
+}
+
+/// Decompresses at most `limit` bytes; more is TooLarge.
+fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, Rejection> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(compressed)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Rejection::BadRequest(format!("the gzip message does not decompress: {e}")))?;
+    if out.len() > limit {
+        return Err(Rejection::TooLarge { limit });
+    }
+    Ok(Bytes::from(out))
 }
 
 #[tonic::async_trait]

@@ -152,7 +152,8 @@ async fn post_events(
             .map_err(|_| Rejection::ReadTimeout(read_timeout))??;
         let wire_bytes = body.len();
         let (request, encoding) =
-            decode::decode_request(kind, body, shared.spec.limits.max_events_per_batch)?;
+            decode::decode_request_async(kind, body, shared.spec.limits.max_events_per_batch)
+                .await?;
         Ok::<_, Rejection>((identity, request, wire_bytes, encoding))
     }
     .await;

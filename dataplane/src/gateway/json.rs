@@ -26,10 +26,38 @@ pub enum Dialect {
     Canonical,
 }
 
-/// Parses a JSON request in either dialect.
-pub fn parse_request(body: &[u8]) -> Result<(SendEventRequest, Dialect), String> {
-    let raw: RawRequest =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON request: {e}"))?;
+/// Why a JSON request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// More events than allowed; reading stopped at the first one past the limit.
+    TooManyEvents,
+    /// Not a request: why, naming the place.
+    Invalid(String),
+}
+
+std::thread_local! {
+    /// The event limit of the parse running on this thread, and whether it was hit:
+    /// serde's derived readers take no arguments, and a parse never leaves its thread.
+    static EVENT_LIMIT: std::cell::Cell<(usize, bool)> = const { std::cell::Cell::new((usize::MAX, false)) };
+}
+
+/// Parses a JSON request in either dialect, reading at most `max_events` events.
+pub fn parse_request(
+    body: &[u8],
+    max_events: usize,
+) -> Result<(SendEventRequest, Dialect), ParseError> {
+    let previous = EVENT_LIMIT.replace((max_events, false));
+    let parsed = serde_json::from_slice::<RawRequest>(body);
+    let (_, limit_hit) = EVENT_LIMIT.replace(previous);
+    let raw = match parsed {
+        Ok(raw) => raw,
+        Err(_) if limit_hit => return Err(ParseError::TooManyEvents),
+        Err(e) => return Err(ParseError::Invalid(format!("invalid JSON request: {e}"))),
+    };
+    request_from_raw(raw).map_err(ParseError::Invalid)
+}
+
+fn request_from_raw(raw: RawRequest) -> Result<(SendEventRequest, Dialect), String> {
     let mut camel = raw.req_guid_camel.is_some() || raw.sent_time_camel.is_some();
     let mut events = Vec::with_capacity(raw.events.len());
     for (index, event) in raw.events.into_iter().enumerate() {
@@ -164,8 +192,34 @@ struct RawEvent {
     partition_key_camel: Option<String>,
 }
 
+/// `events`: null reads as none; reading stops past the thread's event limit.
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEvent>, D::Error> {
-    Ok(Option::<Vec<RawEvent>>::deserialize(d)?.unwrap_or_default())
+    struct Events;
+    impl<'de> de::Visitor<'de> for Events {
+        type Value = Vec<RawEvent>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of events or null")
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let (max, _) = EVENT_LIMIT.get();
+            let mut events = Vec::new();
+            while let Some(event) = seq.next_element()? {
+                if events.len() == max {
+                    EVENT_LIMIT.set((max, true));
+                    return Err(de::Error::custom("too many events"));
+                }
+                events.push(event);
+            }
+            Ok(events)
+        }
+    }
+    d.deserialize_any(Events)
 }
 
 /// A timestamp as Raccoon's `{seconds, nanos}` object or an RFC 3339 string.
@@ -246,7 +300,7 @@ mod tests {
     fn raccoon_dialect_request() {
         let body = br#"{"req_guid":"abc","sent_time":{"seconds":1700000000,"nanos":5},
             "events":[{"event_bytes":"aGVsbG8=","type":"click"}]}"#;
-        let (req, dialect) = parse_request(body).unwrap();
+        let (req, dialect) = parse_request(body, 100).unwrap();
         assert_eq!(dialect, Dialect::Raccoon);
         assert_eq!(req.req_guid, "abc");
         assert_eq!(req.sent_time.unwrap().seconds, 1_700_000_000);
@@ -259,7 +313,7 @@ mod tests {
     fn canonical_dialect_request() {
         let body = br#"{"reqGuid":"abc","sentTime":"2023-11-14T22:13:20.5Z",
             "events":[{"eventBytes":"aGVsbG8","type":"click","partitionKey":"u1"}]}"#;
-        let (req, dialect) = parse_request(body).unwrap();
+        let (req, dialect) = parse_request(body, 100).unwrap();
         assert_eq!(dialect, Dialect::Canonical);
         assert_eq!(req.sent_time.unwrap().seconds, 1_700_000_000);
         assert_eq!(req.sent_time.unwrap().nanos, 500_000_000);
@@ -269,9 +323,10 @@ mod tests {
 
     #[test]
     fn url_safe_base64_and_null_events() {
-        let (req, _) = parse_request(br#"{"events":[{"eventBytes":"-_8","type":"t"}]}"#).unwrap();
+        let (req, _) =
+            parse_request(br#"{"events":[{"eventBytes":"-_8","type":"t"}]}"#, 100).unwrap();
         assert_eq!(&req.events[0].event_bytes[..], &[0xfb, 0xff]);
-        let (req, dialect) = parse_request(br#"{"req_guid":"x","events":null}"#).unwrap();
+        let (req, dialect) = parse_request(br#"{"req_guid":"x","events":null}"#, 100).unwrap();
         assert!(req.events.is_empty());
         assert_eq!(dialect, Dialect::Raccoon);
     }
@@ -290,9 +345,30 @@ mod tests {
             (br#"[1,2]"#, "invalid JSON"),
             (b"", "invalid JSON"),
         ] {
-            let err = parse_request(body).unwrap_err();
+            let Err(ParseError::Invalid(err)) = parse_request(body, 100) else {
+                panic!("{body:?} is refused as invalid");
+            };
             assert!(err.contains(needle), "{err} should contain {needle}");
         }
+    }
+
+    #[test]
+    fn reading_stops_at_the_first_event_past_the_limit() {
+        let events = vec!["{}"; 1000].join(",");
+        let body = format!(r#"{{"events":[{events}]}}"#);
+        assert_eq!(
+            parse_request(body.as_bytes(), 999).unwrap_err(),
+            ParseError::TooManyEvents
+        );
+        assert_eq!(
+            parse_request(body.as_bytes(), 1000).unwrap().0.events.len(),
+            1000
+        );
+        // The limit is per parse: an invalid body after a limited one is just invalid.
+        assert!(matches!(
+            parse_request(b"{not json", 1),
+            Err(ParseError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -335,7 +411,7 @@ mod tests {
                 partition_key: "k".into(),
             }],
         };
-        let (back, dialect) = parse_request(&render_request(&req)).unwrap();
+        let (back, dialect) = parse_request(&render_request(&req), 100).unwrap();
         assert_eq!(back, req);
         assert_eq!(dialect, Dialect::Raccoon);
     }

@@ -161,6 +161,7 @@ impl Gateway {
 
         let stop = shared.shutdown.clone();
         let (raccoon, weir) = grpc::services(shared.clone());
+        let grpc_shared = shared.clone();
         // A call may take the read time plus the whole wait for Kafka, and no longer.
         let call_timeout = shared.spec.limits.read_timeout
             + shared.spec.limits.admission_timeout
@@ -169,6 +170,7 @@ impl Gateway {
         let grpc_server = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .timeout(call_timeout)
+                .layer(grpc::decode_batches(grpc_shared))
                 .add_service(raccoon)
                 .add_service(weir)
                 .serve_with_incoming_shutdown(

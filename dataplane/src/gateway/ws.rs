@@ -230,7 +230,8 @@ async fn process(
     received: Instant,
 ) -> (SendEventResponse, Encoding) {
     let wire_bytes = payload.len();
-    match decode::decode_request(kind, payload, shared.spec.limits.max_events_per_batch) {
+    match decode::decode_request_async(kind, payload, shared.spec.limits.max_events_per_batch).await
+    {
         Ok((request, encoding)) => {
             let response = shared
                 .ingestor
