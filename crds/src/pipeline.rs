@@ -288,6 +288,10 @@ pub struct LimitsSpec {
     /// Batches one WebSocket connection may have in flight; past this the gateway stops
     /// reading from that connection until replies go out.
     pub max_inflight_batches_per_connection: usize,
+    /// Bytes of batches one WebSocket connection may have in flight (received, not yet
+    /// answered); past this the gateway stops reading from it. A batch larger than this
+    /// still goes through, alone.
+    pub max_inflight_bytes_per_connection: usize,
     /// How long a batch may wait for room under `maxInflightBytes`.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -325,6 +329,7 @@ impl Default for LimitsSpec {
             max_events_per_batch: 10_000,
             max_inflight_bytes: 256 * 1024 * 1024,
             max_inflight_batches_per_connection: 64,
+            max_inflight_bytes_per_connection: 16 * 1024 * 1024,
             admission_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),

@@ -225,6 +225,10 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
         ("websocket.maxConnections", spec.websocket.max_connections),
         ("limits.maxConnections", limits.max_connections),
         (
+            "limits.maxInflightBytesPerConnection",
+            limits.max_inflight_bytes_per_connection,
+        ),
+        (
             "websocket.maxQueuedAnswerBytes",
             spec.websocket.max_queued_answer_bytes,
         ),
@@ -264,6 +268,10 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
     }
     // Semaphore permits are u32.
     for (field, value) in [
+        (
+            "limits.maxInflightBytesPerConnection",
+            limits.max_inflight_bytes_per_connection,
+        ),
         (
             "websocket.maxQueuedAnswerBytes",
             spec.websocket.max_queued_answer_bytes,

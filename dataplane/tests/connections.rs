@@ -1,13 +1,12 @@
 //! Hostile and broken clients at the socket level: headers that never finish, idle
-//! connections, clients that never read their answers, and connection floods, on the
-//! HTTP and gRPC ports.
+//! connections and connection floods, on the HTTP and gRPC ports (clients that never
+//! read their answers: `memory.rs`).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -108,42 +107,4 @@ async fn an_idle_grpc_connection_is_closed() {
     let mut idle = TcpStream::connect(gateway.grpc_addr).await.unwrap();
     let took = closed_within(&mut idle, Duration::from_secs(20)).await;
     assert!(took.is_some(), "an idle gRPC connection is closed");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http_client_that_never_reads_its_answers_is_disconnected() {
-    let (_kafka, gateway) = start(|spec| {
-        spec.limits.write_timeout = Duration::from_secs(1);
-    })
-    .await;
-    // Pipelined requests whose answers list 2,000 failed events each, never read.
-    let bad_type = "!".repeat(200);
-    let body = request("r", (0..2_000).map(|_| event(&bad_type, b"x")).collect()).encode_to_vec();
-    let mut head = format!(
-        "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nX-User-ID: u\r\nContent-Type: application/proto\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    head.extend_from_slice(&body);
-    let mut client = TcpStream::connect(gateway.http_addr).await.unwrap();
-    let before = rss_bytes();
-    let sending = async {
-        for _ in 0..200 {
-            if client.write_all(&head).await.is_err() {
-                return;
-            }
-        }
-    };
-    // Sends stop being taken once the server's answers back up; the server then gives
-    // up on the client after the write timeout.
-    let _ = tokio::time::timeout(Duration::from_secs(20), sending).await;
-    let grown = rss_bytes().saturating_sub(before);
-    eprintln!("resident memory grew by {} MiB", grown / (1024 * 1024));
-    assert!(grown < 100 * 1024 * 1024, "grew {grown} bytes");
-    assert!(
-        closed_within(&mut client, Duration::from_secs(20))
-            .await
-            .is_some(),
-        "the server closes the connection of a client that does not read"
-    );
 }

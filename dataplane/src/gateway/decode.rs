@@ -65,7 +65,16 @@ impl Encoding {
 /// Bodies at least this large are decoded on the blocking pool.
 pub const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
 
-/// [`decode_request`], on the blocking pool for large bodies.
+/// Large decodes running at once, process-wide: one per core. Decoding is CPU work, so
+/// more would not finish sooner, and each holds its batch decoded (several times its
+/// wire size) until it is done.
+static LARGE_DECODES: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        tokio::sync::Semaphore::new(cores)
+    });
+
+/// [`decode_request`], on the blocking pool for large bodies, a few at a time.
 pub async fn decode_request_async(
     kind: ContentKind,
     body: Bytes,
@@ -74,6 +83,10 @@ pub async fn decode_request_async(
     if body.len() < BLOCKING_DECODE_BYTES {
         return decode_request(kind, body, max_events);
     }
+    let _slot = LARGE_DECODES
+        .acquire()
+        .await
+        .map_err(|e| Rejection::Internal(format!("decoding the batch failed: {e}")))?;
     tokio::task::spawn_blocking(move || decode_request(kind, body, max_events))
         .await
         .map_err(|e| Rejection::Internal(format!("decoding the batch failed: {e}")))?

@@ -2,9 +2,10 @@
 //! out in the same frame type, carrying `req_guid`.
 //!
 //! Invariants:
-//! - Pipelining is bounded: at most `limits.maxInflightBatchesPerConnection` batches of
-//!   one connection are being processed; past that the session stops reading, so TCP
-//!   pushes back on the client, while answers keep flowing.
+//! - Pipelining is bounded: at most `limits.maxInflightBatchesPerConnection` batches,
+//!   and `limits.maxInflightBytesPerConnection` bytes of them, of one connection are
+//!   being processed; past that the session stops reading, so TCP pushes back on the
+//!   client, while answers keep flowing.
 //! - Liveness: the server pings every `websocket.pingInterval`; any frame from the
 //!   client counts as alive, and one silent for `websocket.idleTimeout` is closed.
 //! - Answers waiting to be written are bounded in bytes, per connection
@@ -66,15 +67,18 @@ impl Closing {
         })
     }
 
-    /// A read error: an oversized message (1009) or a protocol violation (1002).
-    fn read_error(error: &axum::Error, limit: usize) -> Option<Self> {
-        let text = error.to_string();
-        let lowered = text.to_ascii_lowercase();
-        if lowered.contains("too long") || lowered.contains("size") || lowered.contains("capacity")
-        {
-            Self::new(close_code::SIZE, format!("message exceeds {limit} bytes"))
-        } else {
-            Self::new(close_code::PROTOCOL, text)
+    /// A read error: an oversized message (1009), text that is not UTF-8 (1007), or
+    /// another protocol violation (1002).
+    fn read_error(error: axum::Error, limit: usize) -> Option<Self> {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let source = error.into_inner();
+        let text = source.to_string();
+        match source.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(_)) => {
+                Self::new(close_code::SIZE, format!("message exceeds {limit} bytes"))
+            }
+            Some(WsError::Utf8(_)) => Self::new(close_code::INVALID, "text frame is not UTF-8"),
+            _ => Self::new(close_code::PROTOCOL, text),
         }
     }
 }
@@ -133,6 +137,8 @@ pub async fn serve(
     });
 
     let permits = Arc::new(Semaphore::new(max_inflight));
+    let max_inflight_bytes = shared.spec.limits.max_inflight_bytes_per_connection;
+    let inflight_bytes = Arc::new(Semaphore::new(max_inflight_bytes));
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + settings.ping_interval,
@@ -162,7 +168,7 @@ pub async fn serve(
             frame = stream.next() => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,
-                    Some(Err(error)) => break Closing::read_error(&error, shared.spec.limits.max_batch_bytes),
+                    Some(Err(error)) => break Closing::read_error(error, shared.spec.limits.max_batch_bytes),
                     None => break None,
                 };
                 last_heard = Instant::now();
@@ -174,6 +180,8 @@ pub async fn serve(
                 };
                 let received = Instant::now();
                 let Ok(permit) = permits.clone().acquire_owned().await else { break None };
+                let size = payload.len().min(max_inflight_bytes) as u32;
+                let Ok(bytes_permit) = inflight_bytes.clone().acquire_many_owned(size).await else { break None };
                 let shared = shared.clone();
                 let identity = identity.clone();
                 let replies = replies.clone();
@@ -193,7 +201,7 @@ pub async fn serve(
                         ),
                     };
                     let _ = replies.send((message, Some(permits))).await;
-                    drop(permit);
+                    drop((permit, bytes_permit));
                 });
             }
         }
