@@ -7,6 +7,7 @@
 pub mod pipeline;
 pub mod resources;
 pub mod sink;
+pub mod yaml;
 
 pub use pipeline::PipelineSpec;
 pub use sink::SinkSpec;

@@ -43,6 +43,7 @@ pub enum ConfigError {
 
 /// Deserializes YAML text into `T`, naming the path of a field that does not fit.
 pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    weir_crds::yaml::check_nesting(text).map_err(ConfigError::Parse)?;
     let value: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
     from_value(value)
 }
@@ -99,6 +100,8 @@ fn load_value(
                 path: path.display().to_string(),
                 source,
             })?;
+            weir_crds::yaml::check_nesting(&text)
+                .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
             let value: Value = serde_yaml::from_str(&text)
                 .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
             spec_of(value, kind)?
@@ -163,7 +166,10 @@ fn apply_env_overrides(value: &mut Value, env: impl IntoIterator<Item = (String,
             continue;
         };
         let segments: Vec<String> = path.split("__").map(camel_case).collect();
-        let parsed = serde_yaml::from_str::<Value>(&raw).unwrap_or(Value::String(raw));
+        let parsed = match weir_crds::yaml::check_nesting(&raw) {
+            Ok(()) => serde_yaml::from_str::<Value>(&raw).unwrap_or(Value::String(raw)),
+            Err(_) => Value::String(raw),
+        };
         set_path(value, &segments, parsed);
     }
 }
@@ -345,6 +351,20 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deeply_nested_yaml_is_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep.yaml");
+        std::fs::write(&path, format!("limits: {}", "[".repeat(100_000))).unwrap();
+        let started = std::time::Instant::now();
+        let error = load_pipeline(Some(&path), []).unwrap_err().to_string();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(
+            error.contains("line 1: YAML nested deeper than 64 levels"),
+            "{error}"
+        );
+    }
     use std::time::Duration;
     use weir_crds::pipeline::AckMode;
 

@@ -594,3 +594,29 @@ async fn dead_letters_can_go_to_a_topic_with_the_reason_header() {
         format!("{TOPIC}/0/1")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_the_sink_may_not_write_fails_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let kafka = kafka_with_topic(1);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("read-only");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Root writes through mode bits: use a directory of a read-only file system then.
+    let target = if std::fs::write(out.join("probe"), b"").is_ok() {
+        std::path::PathBuf::from("/proc/self")
+    } else {
+        out.clone()
+    };
+    let error = Sink::start(sink_spec(&kafka.bootstrap_servers(), &target))
+        .await
+        .err()
+        .expect("a directory the sink may not write is refused at start");
+    let text = format!("{error:#}");
+    assert!(
+        text.starts_with(&format!("cannot use storage {}", target.display())),
+        "{text}"
+    );
+    eprintln!("{text}");
+}

@@ -53,6 +53,11 @@ impl Manifests {
                 path: path.into(),
                 source,
             })?;
+            weir_crds::yaml::check_nesting(&text).map_err(|message| RenderError::Parse {
+                path: path.into(),
+                index: 1,
+                message,
+            })?;
             for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
                 let parse = |message: String| RenderError::Parse {
                     path: path.into(),

@@ -82,6 +82,10 @@ pub async fn audit(storage: &Storage) -> Result<AuditReport, StoreError> {
     for meta in &objects {
         let name = relative(meta.location.as_ref());
         if name.starts_with(layout::PROGRESS_DIR) {
+            if layout::marker_start(&name).is_none() {
+                // Not a marker: the start-up write probe.
+                continue;
+            }
             let bytes = get(storage, &meta.location).await?;
             match serde_json::from_slice::<ProgressMarker>(&bytes) {
                 Ok(marker) => {

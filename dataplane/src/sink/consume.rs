@@ -29,6 +29,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures_util::future::join_all;
+use object_store::ObjectStoreExt as _;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -530,15 +531,11 @@ impl Sink {
         let encoder = Encoder::new(&spec)?;
         let storage = Storage::open(&spec.storage)?;
         if let Err(error) = probe(&storage).await {
-            let text = error.to_string();
-            let hint = if text.contains("403") || text.contains("SignatureDoesNotMatch") {
-                " (check the credentials: storage.accessKeyIdFile/secretAccessKeyFile or the AWS_* variables)"
-            } else if text.contains("NoSuchBucket") || text.contains("404") {
-                " (the bucket does not exist)"
-            } else {
-                ""
-            };
-            anyhow::bail!("cannot use storage {}{hint}: {text}", spec.storage.url);
+            anyhow::bail!(
+                "cannot use storage {}{}: {error}",
+                spec.storage.url,
+                storage_hint(&error)
+            );
         }
         let metrics = Arc::new(SinkMetrics::new());
         let dead_letter_topic = match &spec.dead_letter.topic {
@@ -635,14 +632,41 @@ impl Sink {
     }
 }
 
-/// Lists the prefix once, so wrong credentials or a missing bucket fail at start.
+/// What to check, from the kind of a storage error.
+fn storage_hint(error: &object_store::Error) -> &'static str {
+    use object_store::Error as E;
+    let io_kind = std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .find_map(|e| e.downcast_ref::<std::io::Error>())
+    .map(std::io::Error::kind);
+    match error {
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+            " (check the credentials: storage.accessKeyIdFile/secretAccessKeyFile or the AWS_* variables)"
+        }
+        E::NotFound { .. } => " (the bucket does not exist)",
+        _ if io_kind == Some(std::io::ErrorKind::PermissionDenied) => {
+            " (the sink may not write there: check the directory's owner and mode)"
+        }
+        _ => "",
+    }
+}
+
+/// Lists the prefix, then writes and deletes a probe object, so wrong credentials, a
+/// missing bucket or a directory the sink may not write fail at start rather than at
+/// the first flush.
 async fn probe(storage: &Storage) -> Result<(), object_store::Error> {
     let prefix = storage.path("");
+    storage.store.list_with_delimiter(Some(&prefix)).await?;
+    let probe = storage.path(&format!("{}/.write-probe", super::layout::PROGRESS_DIR));
     storage
         .store
-        .list_with_delimiter(Some(&prefix))
-        .await
-        .map(|_| ())
+        .put(&probe, bytes::Bytes::from_static(b"weir").into())
+        .await?;
+    match storage.store.delete(&probe).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn consumer_config(spec: &SinkSpec) -> ClientConfig {
