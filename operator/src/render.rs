@@ -33,6 +33,8 @@ pub enum RenderError {
          not in the given files: pass it with another -f"
     )]
     MissingPipeline { binding: String, pipeline: String },
+    #[error("no IngestPipeline or SinkBinding in {files}")]
+    NoResources { files: String },
 }
 
 /// The custom resources found in some manifests.
@@ -66,22 +68,32 @@ impl Manifests {
                 };
                 let value =
                     serde_yaml::Value::deserialize(document).map_err(|e| parse(e.to_string()))?;
-                match value.get("kind").and_then(|k| k.as_str()) {
-                    Some("IngestPipeline") => {
-                        let mut pipeline: IngestPipeline =
-                            serde_yaml::from_value(value).map_err(|e| parse(e.to_string()))?;
+                let kind = admit(&value).map_err(parse)?;
+                match kind {
+                    Some(WeirKind::IngestPipeline) => {
+                        let mut pipeline: IngestPipeline = typed(&value).map_err(parse)?;
+                        check_rules(0, &value).map_err(parse)?;
                         pipeline.metadata.namespace.get_or_insert(namespace.into());
                         manifests.pipelines.push(pipeline);
                     }
-                    Some("SinkBinding") => {
-                        let mut binding: SinkBinding =
-                            serde_yaml::from_value(value).map_err(|e| parse(e.to_string()))?;
+                    Some(WeirKind::SinkBinding) => {
+                        let mut binding: SinkBinding = typed(&value).map_err(parse)?;
+                        check_rules(1, &value).map_err(parse)?;
                         binding.metadata.namespace.get_or_insert(namespace.into());
                         manifests.bindings.push(binding);
                     }
-                    _ => {}
+                    None => {}
                 }
             }
+        }
+        if manifests.pipelines.is_empty() && manifests.bindings.is_empty() {
+            let files: Vec<String> = paths
+                .iter()
+                .map(|p| p.as_ref().display().to_string())
+                .collect();
+            return Err(RenderError::NoResources {
+                files: files.join(", "),
+            });
         }
         Ok(manifests)
     }
@@ -124,6 +136,101 @@ impl Manifests {
         }
         Ok(out)
     }
+}
+
+/// The kinds `render` reads.
+enum WeirKind {
+    IngestPipeline,
+    SinkBinding,
+}
+
+/// What an API server with the CRDs installed would refuse of a document's identity,
+/// checked offline: a kind or apiVersion of the `weir.dev` group it does not serve, or a
+/// missing or invalid `metadata.name`. `None`: a document of another group, which render
+/// skips. Field types ([`typed`]) and the CRDs' rules ([`check_rules`]) come next.
+fn admit(value: &serde_yaml::Value) -> Result<Option<WeirKind>, String> {
+    let text = |key: &str| value.get(key).and_then(|v| v.as_str()).unwrap_or_default();
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    let (weir_kind, crd) = match kind {
+        "IngestPipeline" => (WeirKind::IngestPipeline, 0),
+        "SinkBinding" => (WeirKind::SinkBinding, 1),
+        _ if group == GROUP => {
+            return Err(format!(
+                "kind {kind:?} is not served by {GROUP}: use IngestPipeline or SinkBinding"
+            ));
+        }
+        _ => return Ok(None),
+    };
+    let crd = &weir_crds::crds()[crd];
+    let served = format!("{}/{}", crd.spec.group, crd.spec.versions[0].name);
+    if api_version != served {
+        return Err(format!(
+            "apiVersion {api_version:?}: {kind} is served as {served}"
+        ));
+    }
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or_default();
+    if name.is_empty() {
+        return Err(format!("{kind} has no metadata.name"));
+    }
+    if !is_dns_label(name) {
+        return Err(format!(
+            "metadata.name {name:?}: must be lowercase letters, digits and '-', start and end with a letter or digit, at most 63 characters"
+        ));
+    }
+    Ok(Some(weir_kind))
+}
+
+/// The validation rules of CRD `crd` (0: IngestPipeline, 1: SinkBinding) on a document
+/// whose fields have the right types, evaluated by the CEL library the CRD tests use.
+fn check_rules(crd: usize, value: &serde_yaml::Value) -> Result<(), String> {
+    let crd = &weir_crds::crds()[crd];
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let object = serde_json::to_value(value).map_err(|e| e.to_string())?;
+    match kube::core::cel::Validator::new().validate(&schema, &object, None) {
+        Ok(()) => Ok(()),
+        Err(errors) => {
+            let messages: Vec<String> = errors
+                .into_vec()
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field_path, e.message))
+                .collect();
+            Err(messages.join("; "))
+        }
+    }
+}
+
+const GROUP: &str = "weir.dev";
+
+/// A DNS-1123 label: child objects (Deployment, Service, …) are named from it.
+fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// Deserializes a resource, naming the path of a field of the wrong type.
+fn typed<T: serde::de::DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{path}: {}", e.into_inner())
+    })
 }
 
 /// The objects as a multi-document YAML stream.

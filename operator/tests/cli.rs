@@ -93,3 +93,64 @@ fn crds_prints_the_generated_definitions() {
     .join("---\n");
     assert_eq!(text, committed);
 }
+
+#[test]
+fn render_refuses_what_the_api_server_would_naming_the_field() {
+    let pipeline = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/pipeline.yaml"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            pipeline
+                .replace(
+                    "      minReplicas: 2\n      maxReplicas: 10\n      targetCpuUtilization: 70\n",
+                    "",
+                )
+                .replace("    autoscaling:\n", "    replicas: -3\n"),
+            "replicas cannot be negative",
+        ),
+        (
+            pipeline.replace("minReplicas: 2", "minReplicas: 20"),
+            "minReplicas must not exceed maxReplicas",
+        ),
+        (
+            pipeline.replace("type: ClusterIP", "type: Foo"),
+            "type must be ClusterIP, NodePort or LoadBalancer",
+        ),
+        (
+            pipeline.replace("weir.dev/v1alpha1", "weir.dev/v9"),
+            "apiVersion \"weir.dev/v9\": IngestPipeline is served as weir.dev/v1alpha1",
+        ),
+        (
+            pipeline.replace("  name: clickstream\n", "  labels: {}\n"),
+            "IngestPipeline has no metadata.name",
+        ),
+        (
+            pipeline.replace("kind: IngestPipeline", "kind: IngestPipline"),
+            "kind \"IngestPipline\" is not served by weir.dev",
+        ),
+        (
+            pipeline.replace("minReplicas: 2", "minReplicas: three"),
+            "spec.workload.autoscaling.minReplicas: invalid type: string \"three\"",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n".to_string(),
+            "no IngestPipeline or SinkBinding in",
+        ),
+    ];
+    for (i, (manifest, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("case-{i}.yaml"));
+        std::fs::write(&path, manifest).unwrap();
+        let output = operator(&["render", "-f", path.to_str().unwrap()]);
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "case {i} ({expected}) was accepted"
+        );
+        assert!(output.stdout.is_empty(), "case {i} printed objects");
+        assert!(error.contains(expected), "case {i}: {error}");
+    }
+}
