@@ -1,12 +1,14 @@
 //! Kafka clients: the producer's configuration, topic creation, and the in-process
 //! mock cluster `weir dev` and the tests run on.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use weir_crds::pipeline::{KafkaSpec, TopicSpec};
@@ -27,6 +29,71 @@ pub enum KafkaSetupError {
     },
 }
 
+/// How long a kind of librdkafka error or log line stays quiet after it was logged.
+const LOG_WINDOW: Duration = Duration::from_secs(30);
+
+/// librdkafka's error callbacks and log lines, logged at most once per kind (the error
+/// code, or the log facility) every 30 s, with a count of the ones held back: a broker
+/// outage otherwise logs the same line several times a second.
+#[derive(Default)]
+pub struct KafkaLogs {
+    last: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl KafkaLogs {
+    /// How many lines of `kind` were held back since the last one, or `None` when this
+    /// one is to be held back too.
+    fn admit(&self, kind: String) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match last.get_mut(&kind) {
+            Some((at, held)) if now.duration_since(*at) < LOG_WINDOW => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                *at = now;
+                Some(std::mem::take(held))
+            }
+            None => {
+                last.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+
+    /// For `ClientContext::error`.
+    pub fn error(&self, error: &KafkaError, reason: &str) {
+        let kind = format!("error {:?}", error.rdkafka_error_code());
+        if let Some(held) = self.admit(kind) {
+            tracing::error!(target: "librdkafka", held_back = held, "{error}: {reason}");
+        }
+    }
+
+    /// For `ClientContext::log`.
+    pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility, "{message}");
+                return;
+            }
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
+                tracing::info!(target: "librdkafka", facility, "{message}");
+                return;
+            }
+            _ => {}
+        }
+        let Some(held) = self.admit(format!("log {facility}")) else {
+            return;
+        };
+        if matches!(level, RDKafkaLogLevel::Warning) {
+            tracing::warn!(target: "librdkafka", facility, held_back = held, "{message}");
+        } else {
+            tracing::error!(target: "librdkafka", facility, held_back = held, "{message}");
+        }
+    }
+}
+
 /// The producer configuration: Weir's defaults, then the user's properties on top.
 pub fn producer_config(spec: &KafkaSpec) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -38,7 +105,13 @@ pub fn producer_config(spec: &KafkaSpec) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set(
             "message.timeout.ms",
-            spec.delivery_timeout.as_millis().to_string(),
+            millis(librdkafka_timeout(spec.delivery_timeout)),
+        )
+        // A request in flight to a broker that stopped answering is failed only after
+        // this, whatever message.timeout.ms says.
+        .set(
+            "request.timeout.ms",
+            millis(librdkafka_timeout(spec.delivery_timeout).min(Duration::from_secs(30))),
         )
         // Small batches of many connections add up: a short linger fills requests
         // without adding visible latency.
@@ -52,6 +125,19 @@ pub fn producer_config(spec: &KafkaSpec) -> ClientConfig {
         config.set(key, value);
     }
     config
+}
+
+/// librdkafka's own timeouts for a delivery timeout: a little shorter, because it
+/// checks for expired messages about once a second, so that its report (naming the
+/// Kafka error) rather than the gateway's own deadline answers a batch, and both come
+/// within `kafka.deliveryTimeout`.
+pub fn librdkafka_timeout(delivery_timeout: Duration) -> Duration {
+    let margin = (delivery_timeout / 5).min(Duration::from_secs(1));
+    (delivery_timeout - margin).max(Duration::from_millis(1))
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
 }
 
 fn admin_config(spec: &KafkaSpec) -> ClientConfig {
@@ -192,5 +278,29 @@ impl EmbeddedKafka {
     /// The cluster, for fault injection in tests.
     pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
         &self.cluster
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn repeated_kinds_are_held_back_and_counted() {
+        let logs = KafkaLogs::default();
+        assert_eq!(logs.admit("a".into()), Some(0));
+        assert_eq!(logs.admit("a".into()), None);
+        assert_eq!(logs.admit("a".into()), None);
+        assert_eq!(
+            logs.admit("b".into()),
+            Some(0),
+            "other kinds are not held back"
+        );
+        logs.last.lock().unwrap().get_mut("a").unwrap().0 -= LOG_WINDOW;
+        assert_eq!(
+            logs.admit("a".into()),
+            Some(2),
+            "the next one says how many were held"
+        );
     }
 }

@@ -65,10 +65,12 @@ async fn sync_acks_report_injected_produce_errors_as_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_answers_unavailable_after_the_delivery_timeout() {
-    let (kafka, gateway) = start(|spec| spec.kafka.delivery_timeout = Duration::from_secs(1)).await;
+    let timeout = Duration::from_secs(2);
+    let (kafka, gateway) = start(|spec| spec.kafka.delivery_timeout = timeout).await;
     let (status, _) = post_proto(&gateway, &request("warm", vec![event("click", b"x")]), &[]).await;
     assert_eq!(status, 200);
     kafka.cluster().broker_down(1).unwrap();
+    let started = std::time::Instant::now();
     let (status, headers, body) = post(
         &gateway,
         "application/proto",
@@ -81,6 +83,13 @@ async fn broker_outage_answers_unavailable_after_the_delivery_timeout() {
     assert_eq!(response.code(), Code::Unavailable);
     assert_eq!(headers["retry-after"], "5");
     assert_eq!(response.event_results.len(), 4);
+    // The README promises an answer within the delivery timeout (it used to take twice
+    // as long); the slack is for a loaded test machine, not for the gateway.
+    let took = started.elapsed();
+    assert!(
+        took < timeout + Duration::from_millis(900),
+        "answered after {took:?}"
+    );
     kafka.cluster().broker_up(1).unwrap();
     gateway.shutdown().await;
 }

@@ -196,3 +196,51 @@ async fn gateway_publishes_to_a_real_broker() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_broker_is_answered_within_the_delivery_timeout() {
+    let broker = Broker::start().expect("broker");
+    let timeout = Duration::from_secs(3);
+    let mut spec = PipelineSpec::default();
+    spec.listen.http = "127.0.0.1:0".into();
+    spec.listen.grpc = "127.0.0.1:0".into();
+    spec.listen.metrics = "127.0.0.1:0".into();
+    spec.kafka.bootstrap_servers = broker.bootstrap.clone();
+    spec.kafka.delivery_timeout = timeout;
+    spec.routing.rules = vec![RouteRule {
+        prefix: Some("click".into()),
+        topic: "clicks".into(),
+        ..Default::default()
+    }];
+    spec.topics = vec![TopicSpec {
+        name: "clicks".into(),
+        partitions: 1,
+        replication_factor: None,
+        configs: Default::default(),
+    }];
+    weir::kafka::ensure_topics(&spec.kafka, &spec.topics)
+        .await
+        .unwrap();
+    let gateway = Gateway::start(spec).await.unwrap();
+    let batch = |guid: &str| SendEventRequest {
+        req_guid: guid.into(),
+        sent_time: None,
+        events: vec![Event {
+            event_bytes: b"x".to_vec().into(),
+            r#type: "click".into(),
+            partition_key: String::new(),
+        }],
+    };
+    let (status, _) = post(&gateway, &batch("before"), "u").await;
+    assert_eq!(status, 200);
+    drop(broker);
+    for i in 0..3 {
+        let started = Instant::now();
+        let (status, response) = post(&gateway, &batch(&format!("after-{i}")), "u").await;
+        let took = started.elapsed();
+        assert_eq!((status, response.code()), (503, Code::Unavailable), "{}", response.reason);
+        // The slack is for a loaded test machine; it used to take twice the timeout.
+        assert!(took < timeout + Duration::from_millis(900), "answered after {took:?}");
+    }
+    gateway.shutdown().await;
+}

@@ -45,8 +45,8 @@ impl Transport {
     }
 }
 
-/// Extra time past Kafka's own delivery timeout before a batch stops waiting: librdkafka
-/// reports every event by then, so this only guards against a lost report.
+/// Time a call may take past the read, admission and delivery timeouts (answering,
+/// writing); bounds the gRPC call timeout and the idle timeout's minimum.
 pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 
 /// Processes batches; shared by every transport.
@@ -86,7 +86,10 @@ impl Ingestor {
             metrics,
             inflight: Semaphore::new(settings.max_inflight_bytes),
             admission_timeout: settings.admission_timeout,
-            ack_deadline: settings.delivery_timeout + DELIVERY_GRACE,
+            // librdkafka reports a little before this (see `kafka::librdkafka_timeout`);
+            // the deadline only answers for a report that never comes, so a batch is
+            // always answered within the delivery timeout.
+            ack_deadline: settings.delivery_timeout,
             acks: settings.acks,
         }
     }

@@ -139,9 +139,18 @@ pub struct Pending {
 /// Receives librdkafka's delivery reports on its polling thread.
 pub struct DeliveryReports {
     metrics: Arc<Metrics>,
+    logs: crate::kafka::KafkaLogs,
 }
 
-impl ClientContext for DeliveryReports {}
+impl ClientContext for DeliveryReports {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.logs.log(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.error(&error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryReports {
     type DeliveryOpaque = Box<Pending>;
@@ -226,6 +235,7 @@ impl Publisher {
     pub fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> rdkafka::error::KafkaResult<Self> {
         let producer = config.create_with_context(DeliveryReports {
             metrics: metrics.clone(),
+            logs: Default::default(),
         })?;
         Ok(Self { producer, metrics })
     }

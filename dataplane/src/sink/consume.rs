@@ -179,9 +179,18 @@ impl Core {
 
 struct SinkContext {
     core: Arc<Core>,
+    logs: crate::kafka::KafkaLogs,
 }
 
 impl ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.logs.log(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.error(&error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         for (topic, stats) in statistics.topics {
             let lag: i64 = stats
@@ -564,7 +573,10 @@ impl Sink {
             spec,
         });
         let consumer: SinkConsumer = consumer_config(&core.spec)
-            .create_with_context(SinkContext { core: core.clone() })
+            .create_with_context(SinkContext {
+                core: core.clone(),
+                logs: Default::default(),
+            })
             .context("cannot create the Kafka consumer (check kafka.properties)")?;
         let mut topics: Vec<&str> = core.spec.source.topics.iter().map(String::as_str).collect();
         if let Some(pattern) = core
