@@ -238,9 +238,17 @@ async fn a_dead_broker_is_answered_within_the_delivery_timeout() {
         let started = Instant::now();
         let (status, response) = post(&gateway, &batch(&format!("after-{i}")), "u").await;
         let took = started.elapsed();
-        assert_eq!((status, response.code()), (503, Code::Unavailable), "{}", response.reason);
+        assert_eq!(
+            (status, response.code()),
+            (503, Code::Unavailable),
+            "{}",
+            response.reason
+        );
         // The slack is for a loaded test machine; it used to take twice the timeout.
-        assert!(took < timeout + Duration::from_millis(900), "answered after {took:?}");
+        assert!(
+            took < timeout + Duration::from_millis(900),
+            "answered after {took:?}"
+        );
     }
     gateway.shutdown().await;
 }

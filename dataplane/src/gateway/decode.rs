@@ -133,6 +133,21 @@ fn too_many_events(seen: Option<usize>, max_events: usize) -> Rejection {
     ))
 }
 
+/// Decompresses a gzip body of at most `limit` bytes decompressed; more is TooLarge, so
+/// a small compressed bomb costs at most `limit`.
+pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, Rejection> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(compressed)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Rejection::BadRequest(format!("the gzip body does not decompress: {e}")))?;
+    if out.len() > limit {
+        return Err(Rejection::TooLarge { limit });
+    }
+    Ok(Bytes::from(out))
+}
+
 /// The number of `events` (field 3) in an encoded `SendEventRequest`, read in one pass
 /// without decoding any of them.
 fn count_protobuf_events(mut body: &[u8]) -> Result<usize, prost::DecodeError> {

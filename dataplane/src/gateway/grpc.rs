@@ -14,7 +14,6 @@
 //! on the blocking pool. The layer hands the batch to the handler in the request's
 //! extensions and tonic an empty message in its place.
 
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -260,7 +259,7 @@ async fn read_batch(
                 "unsupported grpc-encoding {coding:?}: send gzip or uncompressed messages"
             )));
         }
-        gunzip(&message, limit)?
+        decode::gunzip(&message, limit)?
     } else {
         message
     };
@@ -268,19 +267,6 @@ async fn read_batch(
     let (batch, _) =
         decode::decode_request_async(ContentKind::Protobuf, message, max_events).await?;
     Ok(batch)
-}
-
-/// Decompresses at most `limit` bytes; more is TooLarge.
-fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, Rejection> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(compressed)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Rejection::BadRequest(format!("the gzip message does not decompress: {e}")))?;
-    if out.len() > limit {
-        return Err(Rejection::TooLarge { limit });
-    }
-    Ok(Bytes::from(out))
 }
 
 #[tonic::async_trait]
