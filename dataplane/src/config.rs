@@ -230,6 +230,13 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
         ),
         ("websocket.maxConnections", spec.websocket.max_connections),
         ("limits.maxConnections", limits.max_connections),
+    ] {
+        if value == 0 {
+            return Err(invalid(field, "must be greater than 0"));
+        }
+    }
+    // Byte budgets held as semaphore permits, which are u32.
+    for (field, value) in [
         (
             "limits.maxInflightBytesPerConnection",
             limits.max_inflight_bytes_per_connection,
@@ -243,8 +250,8 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
             spec.websocket.max_queued_answer_bytes_total,
         ),
     ] {
-        if value == 0 {
-            return Err(invalid(field, "must be greater than 0"));
+        if value == 0 || value > u32::MAX as usize {
+            return Err(invalid(field, "must be between 1 byte and 4 GiB"));
         }
     }
     for (field, value) in [
@@ -271,25 +278,6 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
                 "must be longer than the longest call ({longest_call:?}: limits.readTimeout + limits.admissionTimeout + kafka.deliveryTimeout + 5s), or a client waiting for its answer would be disconnected"
             ),
         ));
-    }
-    // Semaphore permits are u32.
-    for (field, value) in [
-        (
-            "limits.maxInflightBytesPerConnection",
-            limits.max_inflight_bytes_per_connection,
-        ),
-        (
-            "websocket.maxQueuedAnswerBytes",
-            spec.websocket.max_queued_answer_bytes,
-        ),
-        (
-            "websocket.maxQueuedAnswerBytesTotal",
-            spec.websocket.max_queued_answer_bytes_total,
-        ),
-    ] {
-        if value > u32::MAX as usize {
-            return Err(invalid(field, "must be below 4 GiB"));
-        }
     }
     if limits.max_batch_bytes > limits.max_inflight_bytes {
         return Err(invalid(

@@ -4,30 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// Reads until the server closes the connection; the time it took, or `None` when it
-/// was still open after `within`.
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    let mut buf = vec![0u8; 64 * 1024];
-    let read_all = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(within, read_all)
-        .await
-        .ok()
-        .map(|()| started.elapsed())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_that_never_finish_and_idle_keep_alive_connections_are_closed() {

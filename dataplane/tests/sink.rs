@@ -175,12 +175,7 @@ async fn records_land_once_in_hive_partitioned_parquet_and_offsets_are_committed
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
-    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sink_metrics(metrics_addr).await;
     for line in [
         &format!("weir_sink_records_consumed_total{{topic=\"{TOPIC}\"}} 301"),
         &format!("weir_sink_records_written_total{{topic=\"{TOPIC}\"}} 301"),
@@ -305,6 +300,15 @@ async fn undecodable_payloads_go_to_dead_letters_with_the_reason() {
     assert_eq!(line["payload_base64"], "/////w==");
 }
 
+async fn sink_metrics(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Polls `/readyz` until it answers 503, returning its body.
 async fn wait_unready(addr: std::net::SocketAddr, within: Duration) -> String {
     let deadline = Instant::now() + within;
@@ -356,12 +360,7 @@ async fn a_replaced_log_is_reported_or_written_as_a_new_generation_never_skipped
         why.contains("ends at offset 30") && why.contains("newGeneration"),
         "{why}"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", sink.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sink_metrics(sink.metrics_addr).await;
     assert!(
         metrics.contains(&format!(
             "weir_sink_offset_regressions_total{{topic=\"{TOPIC}\"}} 1"
@@ -437,12 +436,7 @@ async fn a_small_memory_budget_flushes_the_biggest_buffers_first() {
     let metrics_addr = sink.metrics_addr;
     let report = wait_for_records(dir.path(), 400, Duration::from_secs(30)).await;
     assert_exactly_once(&report, 400);
-    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sink_metrics(metrics_addr).await;
     assert!(
         metrics.contains("weir_sink_flush_seconds_count{reason=\"memory\"}"),
         "{metrics}"

@@ -67,15 +67,15 @@ async fn post(gateway: &Gateway, batch: &SendEventRequest, user: &str) -> (u16, 
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_publishes_to_a_real_broker() {
-    let broker = Broker::start().expect("broker");
+/// A gateway spec on free loopback ports publishing `click*` events to the topic
+/// `clicks` of `partitions` partitions on `broker`.
+fn clicks_on(broker: &Broker, delivery_timeout: Duration, partitions: i32) -> PipelineSpec {
     let mut spec = PipelineSpec::default();
     spec.listen.http = "127.0.0.1:0".into();
     spec.listen.grpc = "127.0.0.1:0".into();
     spec.listen.metrics = "127.0.0.1:0".into();
     spec.kafka.bootstrap_servers = broker.bootstrap.clone();
-    spec.kafka.delivery_timeout = Duration::from_secs(5);
+    spec.kafka.delivery_timeout = delivery_timeout;
     spec.routing.rules = vec![RouteRule {
         prefix: Some("click".into()),
         topic: "clicks".into(),
@@ -83,10 +83,17 @@ async fn gateway_publishes_to_a_real_broker() {
     }];
     spec.topics = vec![TopicSpec {
         name: "clicks".into(),
-        partitions: 2,
+        partitions,
         replication_factor: None,
         configs: Default::default(),
     }];
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_publishes_to_a_real_broker() {
+    let broker = Broker::start().expect("broker");
+    let mut spec = clicks_on(&broker, Duration::from_secs(5), 2);
 
     // Created; ensuring again is a no-op; asking for fewer never shrinks.
     weir::kafka::ensure_topics(&spec.kafka, &spec.topics)
@@ -201,23 +208,7 @@ async fn gateway_publishes_to_a_real_broker() {
 async fn a_dead_broker_is_answered_within_the_delivery_timeout() {
     let broker = Broker::start().expect("broker");
     let timeout = Duration::from_secs(3);
-    let mut spec = PipelineSpec::default();
-    spec.listen.http = "127.0.0.1:0".into();
-    spec.listen.grpc = "127.0.0.1:0".into();
-    spec.listen.metrics = "127.0.0.1:0".into();
-    spec.kafka.bootstrap_servers = broker.bootstrap.clone();
-    spec.kafka.delivery_timeout = timeout;
-    spec.routing.rules = vec![RouteRule {
-        prefix: Some("click".into()),
-        topic: "clicks".into(),
-        ..Default::default()
-    }];
-    spec.topics = vec![TopicSpec {
-        name: "clicks".into(),
-        partitions: 1,
-        replication_factor: None,
-        configs: Default::default(),
-    }];
+    let spec = clicks_on(&broker, timeout, 1);
     weir::kafka::ensure_topics(&spec.kafka, &spec.topics)
         .await
         .unwrap();
