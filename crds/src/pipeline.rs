@@ -332,7 +332,7 @@ impl Default for LimitsSpec {
             max_inflight_bytes_per_connection: 16 * 1024 * 1024,
             admission_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(30),
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(120),
             write_timeout: Duration::from_secs(10),
             max_connections: 40_000,
