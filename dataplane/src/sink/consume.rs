@@ -664,17 +664,18 @@ fn storage_hint(error: &object_store::Error) -> &'static str {
     }
 }
 
-/// Lists the prefix, then writes and deletes a probe object, so wrong credentials, a
-/// missing bucket or a directory the sink may not write fail at start rather than at
-/// the first flush.
+/// Writes a probe object, lists the prefix and deletes the probe, so wrong credentials,
+/// a missing bucket or a directory the sink may not write fail at start rather than at
+/// the first flush. The write comes first: object_store reports its failures by kind
+/// (permission, not found), which picks the hint; a failed listing is reported as is.
 async fn probe(storage: &Storage) -> Result<(), object_store::Error> {
-    let prefix = storage.path("");
-    storage.store.list_with_delimiter(Some(&prefix)).await?;
     let probe = storage.path(&format!("{}/.write-probe", super::layout::PROGRESS_DIR));
     storage
         .store
         .put(&probe, bytes::Bytes::from_static(b"weir").into())
         .await?;
+    let prefix = storage.path("");
+    storage.store.list_with_delimiter(Some(&prefix)).await?;
     match storage.store.delete(&probe).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(e),
