@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus::IntCounter;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::Notify;
 use weir_proto::{Code, EventResult};
@@ -287,35 +286,15 @@ impl Publisher {
                     counters
                 }
             };
-            let mut headers = OwnedHeaders::new_with_capacity(6)
-                .insert(Header {
-                    key: record::EVENT_TYPE,
-                    value: Some(event.event_type),
-                })
-                .insert(Header {
-                    key: record::REQ_GUID,
-                    value: Some(context.req_guid),
-                })
-                .insert(Header {
-                    key: record::CONN_GROUP,
-                    value: Some(context.group),
-                })
-                .insert(Header {
-                    key: record::RECEIVE_TIME,
-                    value: Some(&received),
-                });
-            if let Some(sent) = &sent {
-                headers = headers.insert(Header {
-                    key: record::SENT_TIME,
-                    value: Some(sent),
-                });
+            let headers = record::GatewayHeaders {
+                event_type: event.event_type,
+                req_guid: context.req_guid,
+                conn_group: context.group,
+                receive_time: &received,
+                sent_time: sent.as_deref(),
+                dead_letter_reason: event.dead_letter_reason,
             }
-            if let Some(reason) = event.dead_letter_reason {
-                headers = headers.insert(Header {
-                    key: record::DEAD_LETTER_REASON,
-                    value: Some(reason),
-                });
-            }
+            .to_kafka();
             let pending = Box::new(Pending {
                 batch: state.clone(),
                 index: event.index as u32,

@@ -56,22 +56,12 @@ impl SinkRecord {
             payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
             ..Default::default()
         };
-        let text = |v: Option<&[u8]>| {
-            v.and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_string)
-        };
-        for (name, value) in headers {
-            match name {
-                record::EVENT_TYPE => out.event_type = text(value).unwrap_or_default(),
-                record::REQ_GUID => out.req_guid = text(value),
-                record::CONN_GROUP => out.conn_group = text(value),
-                record::SENT_TIME => out.sent_time_us = text(value).and_then(|t| t.parse().ok()),
-                record::RECEIVE_TIME => {
-                    out.receive_time_us = text(value).and_then(|t| t.parse().ok())
-                }
-                _ => {}
-            }
-        }
+        let read = record::ReadHeaders::parse(headers);
+        out.event_type = read.event_type.unwrap_or_default();
+        out.req_guid = read.req_guid;
+        out.conn_group = read.conn_group;
+        out.sent_time_us = read.sent_time_us;
+        out.receive_time_us = read.receive_time_us;
         if out.event_type.is_empty() {
             out.event_type = topic.to_string();
         }

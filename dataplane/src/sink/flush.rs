@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use object_store::ObjectStoreExt;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::buffer::{FlushReason, SinkRecord};
@@ -248,19 +247,7 @@ async fn publish_dead_letters(
     for dead in &encoded.dead_letters {
         let r = &job.records[dead.index];
         let source = format!("{}/{}/{}", job.topic, job.partition, r.offset);
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: record::EVENT_TYPE,
-                value: Some(r.event_type.as_bytes()),
-            })
-            .insert(Header {
-                key: record::DEAD_LETTER_REASON,
-                value: Some(dead.reason.as_bytes()),
-            })
-            .insert(Header {
-                key: "weir-source",
-                value: Some(source.as_bytes()),
-            });
+        let headers = record::sink_dead_letter_headers(&r.event_type, &dead.reason, &source);
         let mut message = FutureRecord::to(topic)
             .payload(r.payload.as_slice())
             .headers(headers);
