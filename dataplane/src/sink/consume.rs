@@ -118,6 +118,19 @@ struct ConsumedCounts {
 }
 
 impl PartitionState {
+    /// A failed flush whose retry time has come, taken for its next attempt (with the
+    /// same range), counted in flight again.
+    fn take_due_retry(&mut self, now: Instant) -> Option<(FlushJob, u32)> {
+        let (_, retry_at, _) = self.failed.as_ref()?;
+        if *retry_at > now {
+            return None;
+        }
+        let (job, _, attempt) = self.failed.take()?;
+        self.flushing = true;
+        self.in_flight_bytes = job.bytes;
+        Some((job, attempt))
+    }
+
     fn batch_done(&self) -> bool {
         self.fenced
             || self.regressed.is_some()
@@ -848,13 +861,13 @@ fn on_message(
                 ps.buffer.push(record, now);
             }
             if offset == end {
-                jobs.extend(take_job(ps, FlushReason::Redo));
+                jobs.extend(take_job(&tp, ps, FlushReason::Redo));
             }
         }
         Some(_) => {
             // The range's last record is gone (compaction or retention): write the
             // range with what it still has.
-            jobs.extend(take_job(ps, FlushReason::Redo));
+            jobs.extend(take_job(&tp, ps, FlushReason::Redo));
             ps.last_seen = Some(offset);
             ps.last_fingerprint = Some(fingerprint);
             if keep {
@@ -873,7 +886,7 @@ fn on_message(
                 .due(&core.spec.flush, now)
                 .or(at_end.then_some(FlushReason::Drain));
             if let Some(reason) = reason {
-                jobs.extend(take_job(ps, reason));
+                jobs.extend(take_job(&tp, ps, reason));
             }
         }
     }
@@ -932,7 +945,7 @@ fn on_regression(
 
 /// Takes the partition's buffer as a flush job, unless a flush is already in flight
 /// (the buffer then waits for it) or a redo still waits for its last record.
-fn take_job(ps: &mut PartitionState, reason: FlushReason) -> Option<FlushJob> {
+fn take_job(tp: &Tp, ps: &mut PartitionState, reason: FlushReason) -> Option<FlushJob> {
     if ps.flushing || ps.failed.is_some() || ps.fenced {
         return None;
     }
@@ -963,8 +976,8 @@ fn take_job(ps: &mut PartitionState, reason: FlushReason) -> Option<FlushJob> {
         ps.last_seen = None;
     }
     Some(FlushJob {
-        topic: Arc::from(""),
-        partition: 0,
+        topic: tp.0.clone(),
+        partition: tp.1,
         generation: ps.generation,
         start,
         end,
@@ -998,7 +1011,7 @@ fn enforce_budget(core: &Core, state: &mut Partitions) -> Vec<(Tp, FlushJob)> {
         .into_iter()
         .filter_map(|tp| {
             let ps = state.map.get_mut(&tp)?;
-            take_job(ps, FlushReason::Memory).map(|job| (tp, job))
+            take_job(&tp, ps, FlushReason::Memory).map(|job| (tp, job))
         })
         .collect()
 }
@@ -1032,11 +1045,8 @@ fn on_tick(core: &Arc<Core>, consumer: &Arc<SinkConsumer>) {
                     .inc_by(counts.skipped);
             }
         }
-        if let Some((_, retry_at, _)) = &ps.failed {
-            if *retry_at <= now {
-                let (job, _, attempt) = ps.failed.take().expect("checked above");
-                ps.flushing = true;
-                ps.in_flight_bytes = job.bytes;
+        if ps.failed.is_some() {
+            if let Some((job, attempt)) = ps.take_due_retry(now) {
                 started.push((tp.clone(), job, attempt));
             }
             continue;
@@ -1046,7 +1056,7 @@ fn on_tick(core: &Arc<Core>, consumer: &Arc<SinkConsumer>) {
             .buffer
             .due(&core.spec.flush, now)
             .or((at_end && !ps.buffer.is_empty()).then_some(FlushReason::Drain));
-        if let Some(job) = reason.and_then(|reason| take_job(ps, reason)) {
+        if let Some(job) = reason.and_then(|reason| take_job(tp, ps, reason)) {
             started.push((tp.clone(), job, 0));
         }
     }
@@ -1068,8 +1078,6 @@ fn spawn_flush_attempt(
     mut job: FlushJob,
     attempt: u32,
 ) {
-    job.topic = tp.0.clone();
-    job.partition = tp.1;
     let epoch = core.lock().map.get(&tp).map(|s| s.epoch);
     tokio::spawn(async move {
         let Ok(_permit) = core.slots.clone().acquire_owned().await else {
@@ -1150,13 +1158,11 @@ async fn drain(core: &Arc<Core>, consumer: &Arc<SinkConsumer>) {
             let now = Instant::now();
             let mut state = core.lock();
             for (tp, ps) in state.map.iter_mut() {
-                if let Some((_, retry_at, _)) = &ps.failed {
-                    if *retry_at <= now {
-                        let (job, _, attempt) = ps.failed.take().expect("checked above");
-                        ps.flushing = true;
+                if ps.failed.is_some() {
+                    if let Some((job, attempt)) = ps.take_due_retry(now) {
                         started.push((tp.clone(), job, attempt));
                     }
-                } else if let Some(job) = take_job(ps, FlushReason::Drain) {
+                } else if let Some(job) = take_job(tp, ps, FlushReason::Drain) {
                     started.push((tp.clone(), job, 0));
                 }
             }

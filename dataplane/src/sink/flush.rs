@@ -198,17 +198,9 @@ impl FlushContext {
             publish_dead_letters(producer, topic, *timeout, job, &encoded).await?;
         }
         if rewrite_marker {
-            let path = self.storage.path(&super::layout::progress_marker(
-                &marker.topic,
-                marker.partition,
-                marker.range_start(),
-            ));
-            let body = serde_json::to_vec_pretty(&marker).expect("a marker serializes");
-            self.storage
-                .store
-                .put(&path, body.into())
+            progress::rewrite(&self.storage, &marker)
                 .await
-                .map_err(|e| FlushError::at("claim")(format!("update {path}: {e}")))?;
+                .map_err(|e| FlushError::at("claim")(e.to_string()))?;
         }
         let topic_label = self.metrics.topics.get(&job.topic).to_string();
         for dead in &encoded.dead_letters {

@@ -147,11 +147,7 @@ impl Recovery {
 
 /// Creates the marker, unless one exists at its start.
 pub async fn claim(storage: &Storage, marker: &ProgressMarker) -> Result<Claim, StoreError> {
-    let path = storage.path(&layout::progress_marker(
-        &marker.topic,
-        marker.partition,
-        marker.range_start(),
-    ));
+    let path = marker_path(storage, marker);
     let body = serde_json::to_vec_pretty(marker).expect("a marker serializes");
     let options = PutOptions {
         mode: PutMode::Create,
@@ -171,6 +167,27 @@ pub async fn claim(storage: &Storage, marker: &ProgressMarker) -> Result<Claim, 
         }
         Err(e) => Err(StoreError::request("create progress marker", &path, e)),
     }
+}
+
+fn marker_path(storage: &Storage, marker: &ProgressMarker) -> object_store::path::Path {
+    storage.path(&layout::progress_marker(
+        &marker.topic,
+        marker.partition,
+        marker.range_start(),
+    ))
+}
+
+/// Replaces a marker whose range is being redone with the files the redo wrote (the
+/// range's files may differ when the settings changed since it was first written).
+pub async fn rewrite(storage: &Storage, marker: &ProgressMarker) -> Result<(), StoreError> {
+    let path = marker_path(storage, marker);
+    let body = serde_json::to_vec_pretty(marker).expect("a marker serializes");
+    storage
+        .store
+        .put(&path, body.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| StoreError::request("update progress marker", &path, e))
 }
 
 async fn read(
