@@ -4,6 +4,7 @@
 //! operator's IngestPipeline custom resource carries it as its spec (plus workload
 //! settings under `spec.workload`), and `weir dev` / `weir gateway` read the same YAML.
 
+pub mod kafka_names;
 pub mod pipeline;
 pub mod resources;
 pub mod sink;

@@ -1,5 +1,13 @@
-//! Logging and process signals.
+//! Operations plumbing shared by the gateway, the sink and the operator: logging,
+//! process signals, the ops HTTP server, Prometheus text rendering and label budgets.
 
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Log format.
@@ -56,4 +64,68 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Serves an axum app until `stop`, letting requests in progress finish.
+pub fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+    what: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "{what} server failed");
+        }
+    })
+}
+
+/// The label value shared by values past a label's budget.
+pub const OTHER: &str = "__other__";
+
+/// A label whose distinct values are capped.
+pub struct BoundedLabels {
+    limit: usize,
+    seen: RwLock<HashSet<String>>,
+}
+
+impl BoundedLabels {
+    /// A label with at most `limit` distinct values besides [`OTHER`].
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            seen: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// `value` if it has (or can get) its own series, else [`OTHER`].
+    pub fn get<'a>(&self, value: &'a str) -> &'a str {
+        if self.seen.read().expect("label lock").contains(value) {
+            return value;
+        }
+        let mut seen = self.seen.write().expect("label lock");
+        if seen.len() < self.limit {
+            seen.insert(value.to_string());
+            value
+        } else if seen.contains(value) {
+            value
+        } else {
+            OTHER
+        }
+    }
+}
+
+/// Distinct event types, topics and groups given their own series.
+pub const LABEL_LIMIT: usize = 200;
+
+/// The Prometheus text exposition of a registry.
+pub fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding");
+    String::from_utf8(out).expect("text exposition is UTF-8")
 }

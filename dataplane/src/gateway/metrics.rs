@@ -5,51 +5,11 @@
 //! own series, the rest share `__other__`, so a client cannot grow the series count
 //! without bound. Request ids and user ids are never labels.
 
-use std::collections::HashSet;
-use std::sync::RwLock;
+pub use crate::telemetry::{BoundedLabels, LABEL_LIMIT, OTHER, render};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-
-/// The label value shared by values past a label's budget.
-pub const OTHER: &str = "__other__";
-
-/// A label whose distinct values are capped.
-pub struct BoundedLabels {
-    limit: usize,
-    seen: RwLock<HashSet<String>>,
-}
-
-impl BoundedLabels {
-    /// A label with at most `limit` distinct values besides [`OTHER`].
-    pub fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            seen: RwLock::new(HashSet::new()),
-        }
-    }
-
-    /// `value` if it has (or can get) its own series, else [`OTHER`].
-    pub fn get<'a>(&self, value: &'a str) -> &'a str {
-        if self.seen.read().expect("label lock").contains(value) {
-            return value;
-        }
-        let mut seen = self.seen.write().expect("label lock");
-        if seen.len() < self.limit {
-            seen.insert(value.to_string());
-            value
-        } else if seen.contains(value) {
-            value
-        } else {
-            OTHER
-        }
-    }
-}
-
-/// Distinct event types, topics and groups given their own series.
-pub const LABEL_LIMIT: usize = 200;
 
 /// Every gateway metric, registered in one registry.
 pub struct Metrics {
@@ -218,15 +178,6 @@ impl Metrics {
     pub fn render(&self) -> String {
         render(&self.registry)
     }
-}
-
-/// The Prometheus text exposition of a registry.
-pub fn render(registry: &Registry) -> String {
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
-        .expect("text encoding");
-    String::from_utf8(out).expect("text exposition is UTF-8")
 }
 
 impl Default for Metrics {

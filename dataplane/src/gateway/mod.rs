@@ -87,23 +87,6 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
-/// Serves an axum app until `stop`, letting requests in progress finish.
-pub fn serve_http(
-    listener: TcpListener,
-    app: axum::Router,
-    stop: CancellationToken,
-    what: &'static str,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "{what} server failed");
-        }
-    })
-}
-
 impl Gateway {
     /// Starts the gateway on a validated spec. Returns once every port is listening.
     pub async fn start(spec: PipelineSpec) -> anyhow::Result<Self> {
@@ -184,7 +167,7 @@ impl Gateway {
         });
 
         // The metrics port outlives the drain, so readiness can say "draining".
-        let ops_server = serve_http(
+        let ops_server = crate::telemetry::serve_http(
             metrics_listener,
             ops::routes(shared.clone()),
             background.clone(),

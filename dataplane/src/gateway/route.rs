@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use globset::{Glob, GlobMatcher};
 use weir_crds::pipeline::{InvalidPolicy, RoutingSpec, UnmatchedPolicy};
 
-use weir_crds::pipeline::MAX_TOPIC_NAME as MAX_TOPIC_LEN;
+use weir_crds::kafka_names::{check_topic_name, is_topic_char};
 /// Types remembered per table; past this, routes are computed each time.
 const CACHE_LIMIT: usize = 10_000;
 
@@ -69,32 +69,6 @@ pub struct RoutingTable {
     invalid: InvalidPolicy,
     dead_letter_topic: Option<Arc<str>>,
     cache: RwLock<HashMap<Box<str>, Route>>,
-}
-
-/// Whether `name` is a legal Kafka topic name.
-pub fn check_topic_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("topic name is empty".into());
-    }
-    if name.len() > MAX_TOPIC_LEN {
-        return Err(format!(
-            "topic name is {} characters; Kafka allows {MAX_TOPIC_LEN}",
-            name.len()
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("topic name {name:?} is reserved"));
-    }
-    if let Some(c) = name.chars().find(|c| !is_topic_char(*c)) {
-        return Err(format!(
-            "topic name {name:?} contains {c:?}; only letters, digits, '.', '_' and '-' are allowed"
-        ));
-    }
-    Ok(())
-}
-
-fn is_topic_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
 /// Substitutes the first `%s` of a pattern, as Raccoon does.
@@ -251,8 +225,8 @@ pub fn load_routing_file(path: &std::path::Path) -> Result<RoutingTable, Routing
     if text.trim().is_empty() {
         return Err(routing_error(field(), "the file is empty"));
     }
-    let spec: RoutingSpec =
-        crate::config::from_yaml_str(&text).map_err(|e| routing_error(field(), e.to_string()))?;
+    let spec: RoutingSpec = crate::config::parse::from_yaml_str(&text)
+        .map_err(|e| routing_error(field(), e.to_string()))?;
     if spec.file.is_some() {
         return Err(routing_error(
             field(),

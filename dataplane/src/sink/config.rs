@@ -3,7 +3,7 @@
 use weir_crds::SinkSpec;
 use weir_crds::sink::{Compression, FileFormat};
 
-use crate::config::{ConfigError, invalid};
+use crate::config::parse::{ConfigError, invalid};
 
 /// Checks the spec; the descriptor set is checked when the encoder loads it.
 pub fn validate(spec: &SinkSpec) -> Result<(), ConfigError> {
@@ -41,7 +41,7 @@ pub fn validate(spec: &SinkSpec) -> Result<(), ConfigError> {
         ));
     }
     for (i, topic) in spec.source.topics.iter().enumerate() {
-        crate::gateway::route::check_topic_name(topic)
+        weir_crds::kafka_names::check_topic_name(topic)
             .map_err(|m| invalid(&format!("source.topics[{i}]"), m))?;
     }
     if spec.storage.url.trim().is_empty() {
@@ -90,7 +90,7 @@ pub fn validate(spec: &SinkSpec) -> Result<(), ConfigError> {
         ));
     }
     if let Some(topic) = &spec.dead_letter.topic {
-        crate::gateway::route::check_topic_name(topic)
+        weir_crds::kafka_names::check_topic_name(topic)
             .map_err(|m| invalid("deadLetter.topic", m))?;
     }
     if !spec.schema.types.is_empty() && spec.schema.descriptor_set.is_none() {
@@ -105,7 +105,7 @@ pub fn validate(spec: &SinkSpec) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::from_yaml_str;
+    use crate::config::parse::from_yaml_str;
 
     fn check(yaml: &str) -> Result<(), String> {
         let spec: SinkSpec = from_yaml_str(yaml).map_err(|e| e.to_string())?;

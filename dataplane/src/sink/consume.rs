@@ -617,7 +617,8 @@ impl Sink {
             .route("/readyz", get(readyz))
             .with_state(core.clone());
         let server_stop = CancellationToken::new();
-        let server = crate::gateway::serve_http(listener, ops, server_stop.clone(), "sink metrics");
+        let server =
+            crate::telemetry::serve_http(listener, ops, server_stop.clone(), "sink metrics");
         let task = tokio::spawn({
             let stop = stop.clone();
             async move {
@@ -715,7 +716,7 @@ fn consumer_config(spec: &SinkSpec) -> ClientConfig {
 async fn render_metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::gateway::metrics::render(&core.metrics.registry),
+        crate::telemetry::render(&core.metrics.registry),
     )
 }
 

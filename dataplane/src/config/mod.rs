@@ -10,60 +10,16 @@
 
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 use weir_crds::{PipelineSpec, SinkSpec};
 
+pub mod parse;
+use parse::from_value;
+pub(crate) use parse::invalid;
+pub use parse::{ConfigError, from_yaml_str};
+
 /// The prefix of override variables.
 pub const ENV_PREFIX: &str = "WEIR__";
-
-/// A configuration that cannot be used, naming the field at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The YAML or one of its fields is malformed.
-    #[error("{0}")]
-    Parse(String),
-    /// A field holds a value that cannot work.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// The field, as a path in the spec.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-/// Deserializes YAML text into `T`, naming the path of a field that does not fit.
-pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    weir_crds::yaml::check_nesting(text).map_err(ConfigError::Parse)?;
-    let value: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-    from_value(value)
-}
-
-fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
-    // An empty file is an empty mapping: every field takes its default.
-    let value = if value.is_null() {
-        Value::Mapping(Mapping::new())
-    } else {
-        value
-    };
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            ConfigError::Parse(e.into_inner().to_string())
-        } else {
-            ConfigError::Parse(format!("{path}: {}", e.into_inner()))
-        }
-    })
-}
 
 /// Loads the pipeline spec from an optional file and the given environment.
 pub fn load_pipeline(
@@ -187,13 +143,6 @@ fn set_path(node: &mut Value, segments: &[String], leaf: Value) {
         .entry(Value::String(first.clone()))
         .or_insert(Value::Null);
     set_path(child, rest, leaf);
-}
-
-pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
 }
 
 /// Checks what the types alone cannot.
@@ -320,7 +269,7 @@ pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
         ));
     }
     for (i, topic) in spec.topics.iter().enumerate() {
-        crate::gateway::route::check_topic_name(&topic.name)
+        weir_crds::kafka_names::check_topic_name(&topic.name)
             .map_err(|m| invalid(&format!("topics[{i}].name"), m))?;
         if topic.partitions < 1 {
             return Err(invalid(
