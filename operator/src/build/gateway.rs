@@ -1,29 +1,21 @@
 //! An IngestPipeline's gateway: two ConfigMaps (configuration, routing table), a
-//! Deployment, a Service, and, when asked, a HorizontalPodAutoscaler and a
-//! PodDisruptionBudget.
+//! Deployment (built here: its pod is the gateway's own), a Service, and, when asked, a
+//! HorizontalPodAutoscaler and a PodDisruptionBudget (built by their kinds' files).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
-};
-use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, PodSpec, PodTemplateSpec, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
-};
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec, PodTemplateSpec, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weir_crds::PipelineSpec;
 use weir_crds::pipeline::RoutingSpec;
 use weir_crds::resources::IngestPipeline;
 
+use super::configmap::{config_map, config_volume, to_yaml};
 use super::{
-    CONFIG_HASH, Child, Defaults, InvalidSpec, MAX_SERVICE_NAME, Owner, check_name, config_map,
-    container_security, grace_seconds, hash_of, http_probe, kafka_secret_env, listen_port,
-    pod_security, to_yaml,
+    CONFIG_HASH, Child, Defaults, InvalidSpec, MAX_SERVICE_NAME, Owner, check_name,
+    container_security, grace_seconds, hash_of, hpa, http_probe, kafka_secret_env, listen_port,
+    pdb, pod_security, service,
 };
 
 const COMPONENT: &str = "gateway";
@@ -198,31 +190,19 @@ pub fn build(pipeline: &IngestPipeline, defaults: &Defaults) -> Result<Vec<Child
         ..Deployment::default()
     };
 
-    let service_settings = workload.service.clone().unwrap_or_default();
     let (http_port, grpc_port) = service_ports(pipeline);
-    let mut service_meta = owner.meta(&name, COMPONENT);
-    if !service_settings.annotations.is_empty() {
-        service_meta.annotations = Some(service_settings.annotations.clone());
-    }
-    let service = Service {
-        metadata: service_meta,
-        spec: Some(ServiceSpec {
-            type_: Some(
-                service_settings
-                    .type_
-                    .clone()
-                    .unwrap_or_else(|| "ClusterIP".into()),
-            ),
-            selector: Some(selector_labels.clone()),
-            ports: Some(vec![
-                service_port("http", http_port),
-                service_port("grpc", grpc_port),
-                service_port("metrics", metrics),
-            ]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    };
+    let service = service::service(
+        &owner,
+        &name,
+        COMPONENT,
+        &workload.service.clone().unwrap_or_default(),
+        selector_labels.clone(),
+        &[
+            ("http", http_port),
+            ("grpc", grpc_port),
+            ("metrics", metrics),
+        ],
+    );
 
     let mut children = vec![
         Child::ConfigMap(config_map),
@@ -231,48 +211,22 @@ pub fn build(pipeline: &IngestPipeline, defaults: &Defaults) -> Result<Vec<Child
         Child::Service(service),
     ];
     if let Some(autoscaling) = &workload.autoscaling {
-        children.push(Child::HorizontalPodAutoscaler(HorizontalPodAutoscaler {
-            metadata: owner.meta(&name, COMPONENT),
-            spec: Some(HorizontalPodAutoscalerSpec {
-                scale_target_ref: CrossVersionObjectReference {
-                    api_version: Some("apps/v1".into()),
-                    kind: "Deployment".into(),
-                    name: name.clone(),
-                },
-                min_replicas: Some(autoscaling.min_replicas),
-                max_replicas: autoscaling.max_replicas,
-                metrics: Some(vec![MetricSpec {
-                    type_: "Resource".into(),
-                    resource: Some(ResourceMetricSource {
-                        name: "cpu".into(),
-                        target: MetricTarget {
-                            type_: "Utilization".into(),
-                            average_utilization: Some(autoscaling.target_cpu_utilization),
-                            ..MetricTarget::default()
-                        },
-                    }),
-                    ..MetricSpec::default()
-                }]),
-                ..HorizontalPodAutoscalerSpec::default()
-            }),
-            ..HorizontalPodAutoscaler::default()
-        }));
+        children.push(Child::HorizontalPodAutoscaler(hpa::cpu_autoscaler(
+            &owner,
+            &name,
+            COMPONENT,
+            autoscaling,
+        )));
     }
     // A disruption budget only means something with more than one pod; with one it
     // would let a node drain take the whole gateway down anyway.
     if desired_replicas(pipeline) > 1 {
-        children.push(Child::PodDisruptionBudget(PodDisruptionBudget {
-            metadata: owner.meta(&name, COMPONENT),
-            spec: Some(PodDisruptionBudgetSpec {
-                max_unavailable: Some(IntOrString::Int(1)),
-                selector: Some(LabelSelector {
-                    match_labels: Some(selector_labels),
-                    ..LabelSelector::default()
-                }),
-                ..PodDisruptionBudgetSpec::default()
-            }),
-            ..PodDisruptionBudget::default()
-        }));
+        children.push(Child::PodDisruptionBudget(pdb::one_at_a_time(
+            &owner,
+            &name,
+            COMPONENT,
+            selector_labels,
+        )));
     }
     Ok(children.into_iter().map(Child::stamp).collect())
 }
@@ -291,26 +245,5 @@ pub(super) fn container_port(name: &str, port: i32) -> ContainerPort {
         container_port: port,
         protocol: Some("TCP".into()),
         ..ContainerPort::default()
-    }
-}
-
-fn service_port(name: &str, port: i32) -> ServicePort {
-    ServicePort {
-        name: Some(name.into()),
-        port,
-        target_port: Some(IntOrString::String(name.into())),
-        protocol: Some("TCP".into()),
-        ..ServicePort::default()
-    }
-}
-
-pub(super) fn config_volume(name: &str, config_map: &str) -> Volume {
-    Volume {
-        name: name.into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: config_map.into(),
-            ..ConfigMapVolumeSource::default()
-        }),
-        ..Volume::default()
     }
 }

@@ -13,7 +13,11 @@
 //!   configuration change rolls the pods, while the routing table (a separate ConfigMap,
 //!   mounted as a directory so the kubelet refreshes it) reloads in place.
 
+mod configmap;
 pub mod gateway;
+mod hpa;
+mod pdb;
+mod service;
 pub mod sink;
 
 use std::collections::BTreeMap;
@@ -354,17 +358,4 @@ fn http_probe(path: &str, port: &str, period: i32) -> Probe {
 /// Termination grace: the data plane's own drain timeout plus time to exit.
 fn grace_seconds(drain: std::time::Duration) -> i64 {
     drain.as_secs() as i64 + 10
-}
-
-/// The ConfigMap key and YAML text of a data-plane configuration.
-fn config_map(owner: &Owner, name: &str, component: &str, key: &str, yaml: String) -> ConfigMap {
-    ConfigMap {
-        metadata: owner.meta(name, component),
-        data: Some(BTreeMap::from([(key.to_string(), yaml)])),
-        ..ConfigMap::default()
-    }
-}
-
-fn to_yaml(value: &impl Serialize) -> String {
-    serde_yaml::to_string(value).expect("specs serialize to YAML")
 }

@@ -15,11 +15,12 @@ use weir_crds::pipeline::KafkaSpec;
 use weir_crds::resources::{IngestPipeline, SinkBinding};
 use weir_crds::sink::{SinkMode, SourceSpec};
 
-use super::gateway::{config_volume, container_port};
+use super::configmap::{config_map, config_volume, to_yaml};
+use super::gateway::container_port;
 use super::{
-    CONFIG_HASH, Child, Defaults, InvalidSpec, MAX_CRONJOB_NAME, Owner, check_name, config_map,
+    CONFIG_HASH, Child, Defaults, InvalidSpec, MAX_CRONJOB_NAME, Owner, check_name,
     container_security, grace_seconds, hash_of, http_probe, kafka_secret_env, listen_port,
-    pod_security, to_yaml,
+    pod_security,
 };
 
 const COMPONENT: &str = "sink";
