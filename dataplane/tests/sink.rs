@@ -614,3 +614,31 @@ async fn a_directory_the_sink_may_not_write_fails_at_start() {
     );
     eprintln!("{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resume_after_a_skipped_last_record_finds_the_log_unchanged() {
+    let kafka = kafka_with_topic(1);
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    // Even numbers are page views, odd ones clicks: offset 99, the last, is skipped.
+    produce(&bootstrap, 0, 100, json_payload).await;
+    let mut spec = sink_spec(&bootstrap, dir.path());
+    spec.mode = SinkMode::Batch;
+    spec.source.event_types = vec!["page_view".into()];
+    spec.flush.max_records = 1000;
+    spec.flush.max_age = Duration::from_secs(3600);
+    for (run, expected) in [(0, 50), (1, 5)] {
+        if run == 1 {
+            produce(&bootstrap, 100, 10, json_payload).await;
+        }
+        let mut sink = Sink::start(spec.clone()).await.unwrap();
+        let summary = tokio::time::timeout(Duration::from_secs(60), sink.wait())
+            .await
+            .expect("a batch run ends by itself")
+            .expect("the resumed log is recognised as the one written");
+        assert_eq!(summary.records_written, expected, "run {run}");
+    }
+    let report = audit_dir(dir.path()).await;
+    assert!(report.exactly_once(), "{report:#?}");
+    assert_eq!(report.total(), 55);
+}

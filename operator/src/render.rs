@@ -162,7 +162,7 @@ fn admit(value: &serde_yaml::Value) -> Result<Option<WeirKind>, String> {
         }
         _ => return Ok(None),
     };
-    let crd = &weir_crds::crds()[crd];
+    let crd = &CRDS[crd];
     let served = format!("{}/{}", crd.spec.group, crd.spec.versions[0].name);
     if api_version != served {
         return Err(format!(
@@ -188,7 +188,7 @@ fn admit(value: &serde_yaml::Value) -> Result<Option<WeirKind>, String> {
 /// The validation rules of CRD `crd` (0: IngestPipeline, 1: SinkBinding) on a document
 /// whose fields have the right types, evaluated by the CEL library the CRD tests use.
 fn check_rules(crd: usize, value: &serde_yaml::Value) -> Result<(), String> {
-    let crd = &weir_crds::crds()[crd];
+    let crd = &CRDS[crd];
     let schema = crd.spec.versions[0]
         .schema
         .as_ref()
@@ -212,6 +212,12 @@ fn check_rules(crd: usize, value: &serde_yaml::Value) -> Result<(), String> {
 }
 
 const GROUP: &str = "weir.dev";
+
+/// The CRDs, generated once per process rather than per document.
+static CRDS: std::sync::LazyLock<
+    [k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        2],
+> = std::sync::LazyLock::new(weir_crds::crds);
 
 /// A DNS-1123 label: child objects (Deployment, Service, …) are named from it.
 fn is_dns_label(name: &str) -> bool {

@@ -64,8 +64,9 @@ pub fn services(shared: Arc<Shared>) -> (RaccoonServer<EventGrpc>, WeirServer<Ev
     (raccoon, weir)
 }
 
-fn metadata_text<'a>(metadata: &'a MetadataMap, name: &str) -> Option<&'a str> {
-    metadata
+/// A metadata entry as text (gRPC metadata are HTTP/2 headers).
+fn metadata_text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get(name.to_ascii_lowercase())
         .and_then(|v| v.to_str().ok())
 }
@@ -74,9 +75,9 @@ impl EventGrpc {
     fn identify(&self, metadata: &MetadataMap) -> Result<Identity, Rejection> {
         self.shared
             .auth
-            .check(|name| metadata_text(metadata, name))?;
+            .check(|name| metadata_text(metadata.as_ref(), name))?;
         super::identity::identify(&self.shared.spec.identity, |name| {
-            metadata_text(metadata, name)
+            metadata_text(metadata.as_ref(), name)
         })
     }
 
@@ -181,7 +182,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for DecodeBatches {
             let (mut parts, body) = request.into_parts();
             let checked = match shared
                 .auth
-                .check(|name| metadata_text_of(&parts.headers, name))
+                .check(|name| metadata_text(&parts.headers, name))
             {
                 Ok(()) => read_batch(&shared, &parts.headers, body).await,
                 Err(rejection) => Err(rejection),
@@ -205,12 +206,6 @@ impl tower::Service<http::Request<tonic::body::Body>> for DecodeBatches {
             }
         })
     }
-}
-
-fn metadata_text_of<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name.to_ascii_lowercase())
-        .and_then(|v| v.to_str().ok())
 }
 
 /// Reads the one message of a unary call, within `limits.readTimeout` and
@@ -253,7 +248,7 @@ async fn read_batch(
     };
     let message = collected.slice_ref(message);
     let message = if compressed {
-        let coding = metadata_text_of(headers, "grpc-encoding").unwrap_or_default();
+        let coding = metadata_text(headers, "grpc-encoding").unwrap_or_default();
         if !coding.eq_ignore_ascii_case("gzip") {
             return Err(Rejection::BadRequest(format!(
                 "unsupported grpc-encoding {coding:?}: send gzip or uncompressed messages"

@@ -103,13 +103,6 @@ pub struct GuardedStream {
     _slot: OwnedSemaphorePermit,
 }
 
-impl GuardedStream {
-    /// The client's address.
-    pub fn remote(&self) -> SocketAddr {
-        self.remote
-    }
-}
-
 impl AsyncRead for GuardedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -87,7 +87,9 @@ struct PartitionState {
     expected: i64,
     /// The last offset consumed into the current buffer's range.
     last_seen: Option<i64>,
-    /// The fingerprint of the record at `last_seen`.
+    /// The fingerprint of the record at `last_seen` when it was skipped by
+    /// `source.eventTypes`; a kept one is the buffer's last record, fingerprinted only
+    /// when its range is taken, so the hot path checksums nothing.
     last_fingerprint: Option<RecordFingerprint>,
     /// The newest written record, consumed again first to check that the log still
     /// holds it.
@@ -806,13 +808,15 @@ fn on_message(
     if ps.fenced || ps.regressed.is_some() || ps.stop_at.is_some_and(|end| offset >= end) {
         return;
     }
-    let fingerprint = RecordFingerprint::of(
-        message.timestamp().to_millis(),
-        message.key(),
-        message.payload(),
-    );
+    let fingerprint = || {
+        RecordFingerprint::of(
+            message.timestamp().to_millis(),
+            message.key(),
+            message.payload(),
+        )
+    };
     let went_back = match ps.verify.take() {
-        Some((at, written)) if offset == at && fingerprint == written => {
+        Some((at, written)) if offset == at && fingerprint() == written => {
             // The newest written record is still there: the log is the one written.
             ps.expected = at + 1;
             return;
@@ -857,7 +861,7 @@ fn on_message(
     match redo_end {
         Some(end) if offset <= end => {
             ps.last_seen = Some(offset);
-            ps.last_fingerprint = Some(fingerprint);
+            ps.last_fingerprint = (!keep).then(fingerprint);
             if keep {
                 ps.buffer.push(record, now);
             }
@@ -870,14 +874,14 @@ fn on_message(
             // range with what it still has.
             jobs.extend(take_job(&tp, ps, FlushReason::Redo));
             ps.last_seen = Some(offset);
-            ps.last_fingerprint = Some(fingerprint);
+            ps.last_fingerprint = (!keep).then(fingerprint);
             if keep {
                 ps.buffer.push(record, now);
             }
         }
         None => {
             ps.last_seen = Some(offset);
-            ps.last_fingerprint = Some(fingerprint);
+            ps.last_fingerprint = (!keep).then(fingerprint);
             if keep {
                 ps.buffer.push(record, now);
             }
@@ -969,7 +973,15 @@ fn take_job(tp: &Tp, ps: &mut PartitionState, reason: FlushReason) -> Option<Flu
     };
     let bytes = ps.buffer.bytes();
     let records = ps.buffer.take();
-    let last = ps.last_fingerprint.filter(|_| ps.last_seen == Some(end));
+    let last = match records.last() {
+        _ if ps.last_seen != Some(end) => None,
+        Some(r) if r.offset == end => Some(RecordFingerprint::of(
+            r.timestamp_ms,
+            r.key.as_deref(),
+            Some(&r.payload),
+        )),
+        _ => ps.last_fingerprint,
+    };
     ps.flushing = true;
     ps.in_flight_bytes = bytes;
     if marker.is_some() {
