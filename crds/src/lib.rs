@@ -3,10 +3,17 @@
 //! `pipeline::PipelineSpec` is the whole configuration of the ingestion gateway. The
 //! operator's IngestPipeline custom resource carries it as its spec (plus workload
 //! settings under `spec.workload`), and `weir dev` / `weir gateway` read the same YAML.
+//! [`config`] reads that YAML, [`settings`] checks it once into what the data plane
+//! runs on (the operator validates with the same code), and [`routing`] compiles the
+//! routing table. Nothing here does network I/O, so the operator links none of the
+//! data plane's dependencies.
 
+pub mod config;
 pub mod kafka_names;
 pub mod pipeline;
 pub mod resources;
+pub mod routing;
+pub mod settings;
 pub mod sink;
 pub mod yaml;
 

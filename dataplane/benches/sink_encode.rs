@@ -11,6 +11,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage};
 use weir::sink::buffer::SinkRecord;
 use weir::sink::encode::Encoder;
 use weir_crds::SinkSpec;
+use weir_crds::settings::SinkSettings;
 use weir_crds::sink::{Compression, FileFormat, PayloadEncoding, TypeSchema};
 
 const RECORDS: usize = 20_000;
@@ -60,7 +61,7 @@ fn encode(c: &mut Criterion) {
         let mut spec = SinkSpec::default();
         spec.format.kind = format;
         spec.format.compression = Some(compression);
-        let encoder = Encoder::new(&spec).unwrap();
+        let encoder = Encoder::new(&SinkSettings::try_from(spec).unwrap()).unwrap();
         group.bench_function(name, |b| {
             b.iter(|| encoder.encode("t", 0, 0.into(), &raw).unwrap())
         });
@@ -86,6 +87,8 @@ fn encode(c: &mut Criterion) {
             .encode_to_vec()
     });
     let mut spec = SinkSpec::default();
+    // The descriptors are the pool given below; the file named is never read.
+    spec.schema.descriptor_set = Some("given-as-a-pool.binpb".into());
     for event_type in ["page_view", "click"] {
         spec.schema.types.insert(
             event_type.into(),
@@ -95,7 +98,7 @@ fn encode(c: &mut Criterion) {
             },
         );
     }
-    let encoder = Encoder::with_pool(&spec, Some(&pool)).unwrap();
+    let encoder = Encoder::with_pool(&SinkSettings::try_from(spec).unwrap(), Some(&pool)).unwrap();
     group.throughput(Throughput::Bytes(input_bytes(&typed)));
     group.bench_function("parquet_zstd_typed_protobuf", |b| {
         b.iter(|| encoder.encode("t", 0, 0.into(), &typed).unwrap())

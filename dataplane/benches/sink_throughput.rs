@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use weir::kafka::EmbeddedKafka;
 use weir::sink::Sink;
 use weir_crds::SinkSpec;
 use weir_crds::pipeline::TopicSpec;
+use weir_crds::settings::SinkSettings;
 use weir_crds::sink::SinkMode;
+use weir_runtime::kafka::EmbeddedKafka;
 
 const TOPIC: &str = "clickstream-bench-log";
 
@@ -46,7 +47,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let payload_bytes: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(200);
-    weir::telemetry::init(weir::telemetry::LogFormat::Text);
+    weir_runtime::telemetry::init(weir_runtime::telemetry::LogFormat::Text);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka
@@ -122,7 +123,9 @@ fn main() {
     // Timed from the group's assignment: joining a group takes the mock broker a few
     // seconds that have nothing to do with the sink.
     let (report, cpu_before, started) = runtime.block_on(async {
-        let mut sink = Sink::start(spec).await.unwrap();
+        let mut sink = Sink::start(SinkSettings::try_from(spec).unwrap())
+            .await
+            .unwrap();
         let metrics = format!("http://{}/metrics", sink.metrics_addr);
         loop {
             let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();

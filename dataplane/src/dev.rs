@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config;
 use crate::gateway::Gateway;
-use crate::kafka::EmbeddedKafka;
 use crate::sink::Sink;
 use weir_crds::SinkSpec;
+use weir_crds::config;
+use weir_crds::settings::{GatewaySettings, SinkSettings};
 use weir_crds::sink::OffsetRegressionPolicy;
+use weir_runtime::kafka::EmbeddedKafka;
 
 /// Options of `weir dev`.
 #[derive(Clone, Debug, clap::Args)]
@@ -52,10 +53,10 @@ pub struct DevOptions {
     pub no_sink: bool,
 }
 
-/// The sink spec of `weir dev`.
-fn dev_sink_spec(options: &DevOptions, bootstrap: String) -> anyhow::Result<SinkSpec> {
+/// The sink settings of `weir dev`.
+fn dev_sink_settings(options: &DevOptions, bootstrap: String) -> anyhow::Result<SinkSettings> {
     let mut spec = match &options.sink_config {
-        Some(path) => config::load_sink(Some(path), std::env::vars())?,
+        Some(path) => config::read_sink(Some(path), std::env::vars())?,
         None => {
             let mut spec = SinkSpec::default();
             spec.source.topic_pattern = Some("^[^_].*".into());
@@ -74,25 +75,30 @@ fn dev_sink_spec(options: &DevOptions, bootstrap: String) -> anyhow::Result<Sink
         .or_insert_with(|| "2000".into());
     spec.storage.url = options.data_dir.clone();
     spec.listen.metrics = options.sink_metrics.clone();
-    Ok(spec)
+    Ok(SinkSettings::try_from(spec)?)
 }
 
 /// Runs until SIGTERM or Ctrl-C.
 pub async fn run(options: DevOptions) -> anyhow::Result<()> {
-    let mut spec = config::load_pipeline(options.config.as_deref(), std::env::vars())?;
+    let mut spec = config::read_pipeline(options.config.as_deref(), std::env::vars())?;
     let embedded =
         EmbeddedKafka::start(options.brokers).context("cannot start the embedded Kafka")?;
     spec.kafka.bootstrap_servers = embedded.bootstrap_servers();
     spec.listen.http = options.http.clone();
     spec.listen.grpc = options.grpc.clone();
     spec.listen.metrics = options.metrics.clone();
-    embedded.create_topics(&spec.topics)?;
-    let gateway = Gateway::start(spec).await?;
+    let settings = GatewaySettings::try_from(spec)?;
+    embedded.create_topics(&settings.topics)?;
+    let gateway = Gateway::start(settings).await?;
     let sink = if options.no_sink {
         None
     } else {
-        let spec = dev_sink_spec(&options, embedded.bootstrap_servers())?;
-        Some(Sink::start(spec).await.context("cannot start the sink")?)
+        let settings = dev_sink_settings(&options, embedded.bootstrap_servers())?;
+        Some(
+            Sink::start(settings)
+                .await
+                .context("cannot start the sink")?,
+        )
     };
     println!("Weir dev is running. Ctrl-C stops it.");
     println!(
@@ -117,7 +123,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         "Try: weir send --url http://{} --type page_view --json '{{\"page\":\"/home\"}}'",
         gateway.http_addr
     );
-    crate::telemetry::shutdown_signal().await;
+    weir_runtime::telemetry::shutdown_signal().await;
     gateway.shutdown().await;
     if let Some(sink) = sink {
         let report = sink.shutdown().await?;

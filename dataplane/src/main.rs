@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use weir::telemetry::{self, LogArgs};
+use weir_crds::config;
+use weir_crds::settings::{GatewaySettings, SinkSettings};
+use weir_runtime::telemetry::{self, LogArgs};
 
 // glibc malloc spent ~40% of the gateway's CPU under load (arena contention between
 // tokio workers and librdkafka threads). `override` makes librdkafka use it too.
@@ -87,15 +89,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             ensure_topics,
             print_config,
         } => {
-            let spec = weir::config::load_pipeline(config.as_deref(), std::env::vars())?;
+            let spec = config::read_pipeline(config.as_deref(), std::env::vars())?;
+            let settings = GatewaySettings::try_from(spec.clone())?;
             if print_config {
                 print!("{}", serde_yaml::to_string(&spec)?);
                 return Ok(ExitCode::SUCCESS);
             }
             if ensure_topics {
-                weir::kafka::ensure_topics(&spec.kafka, &spec.topics).await?;
+                weir_runtime::kafka::ensure_topics(&settings.kafka, &settings.topics).await?;
             }
-            let gateway = weir::gateway::Gateway::start(spec).await?;
+            let gateway = weir::gateway::Gateway::start(settings).await?;
             telemetry::shutdown_signal().await;
             gateway.shutdown().await;
             Ok(ExitCode::SUCCESS)
@@ -105,15 +108,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             batch,
             print_config,
         } => {
-            let mut spec = weir::config::load_sink(config.as_deref(), std::env::vars())?;
+            let mut spec = config::read_sink(config.as_deref(), std::env::vars())?;
             if batch {
                 spec.mode = weir_crds::sink::SinkMode::Batch;
             }
+            let settings = SinkSettings::try_from(spec.clone())?;
             if print_config {
                 print!("{}", serde_yaml::to_string(&spec)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut sink = weir::sink::Sink::start(spec).await?;
+            let mut sink = weir::sink::Sink::start(settings).await?;
             tracing::info!(metrics = %sink.metrics_addr, "sink running");
             let report = tokio::select! {
                 _ = telemetry::shutdown_signal() => None,
@@ -130,8 +134,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::SinkAudit { config } => {
-            let spec = weir::config::load_sink(config.as_deref(), std::env::vars())?;
-            let storage = weir::sink::upload::Storage::open(&spec.storage)?;
+            let spec = config::read_sink(config.as_deref(), std::env::vars())?;
+            let settings = SinkSettings::try_from(spec)?;
+            let storage = weir::sink::upload::Storage::open(&settings.storage)?;
             let report = weir::sink::audit::audit(&storage).await?;
             for ((topic, partition), records) in &report.records {
                 println!("{topic}/{partition}: {records} records");

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use prost::Message;
 use weir::record;
+use weir_crds::settings::GatewaySettings;
 use weir_proto::{Code, SendEventResponse, Status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,9 +395,10 @@ async fn slow_bodies_time_out_with_408() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_while_kafka_is_unreachable() {
     // Port 1 on loopback: nothing listens there.
-    let gateway = weir::gateway::Gateway::start(spec("127.0.0.1:1"))
-        .await
-        .unwrap();
+    let gateway =
+        weir::gateway::Gateway::start(GatewaySettings::try_from(spec("127.0.0.1:1")).unwrap())
+            .await
+            .unwrap();
     let mut reason = String::new();
     for _ in 0..150 {
         let r = reqwest::get(format!("http://{}/readyz", gateway.metrics_addr))

@@ -261,7 +261,7 @@ async fn routing_file_reloads_without_dropping_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_kafka_creates_listed_topics() {
     // The mock brokers serve no admin API; `ensure_topics` is tested on a real broker.
-    let kafka = weir::kafka::EmbeddedKafka::start(1).unwrap();
+    let kafka = weir_runtime::kafka::EmbeddedKafka::start(1).unwrap();
     let topics = vec![weir_crds::pipeline::TopicSpec {
         name: "ensured".into(),
         partitions: 3,

@@ -16,13 +16,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use weir::kafka::EmbeddedKafka;
 use weir::sink::Sink;
 use weir::sink::audit::{AuditReport, audit};
 use weir::sink::upload::Storage;
 use weir_crds::SinkSpec;
 use weir_crds::pipeline::TopicSpec;
+use weir_crds::settings::SinkSettings;
 use weir_crds::sink::{OffsetRegressionPolicy, PayloadEncoding, SinkMode, TypeSchema};
+use weir_runtime::kafka::EmbeddedKafka;
 
 const TOPIC: &str = "clickstream-events-log";
 
@@ -164,7 +165,7 @@ async fn records_land_once_in_hive_partitioned_parquet_and_offsets_are_committed
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = kafka.bootstrap_servers();
     produce(&bootstrap, 0, 301, json_payload).await;
-    let sink = Sink::start(sink_spec(&bootstrap, dir.path()))
+    let sink = Sink::start(SinkSettings::try_from(sink_spec(&bootstrap, dir.path())).unwrap())
         .await
         .unwrap();
     let metrics_addr = sink.metrics_addr;
@@ -276,7 +277,9 @@ async fn undecodable_payloads_go_to_dead_letters_with_the_reason() {
         }
     })
     .await;
-    let sink = Sink::start(spec).await.unwrap();
+    let sink = Sink::start(SinkSettings::try_from(spec).unwrap())
+        .await
+        .unwrap();
     let report = wait_for_records(&data, 20, Duration::from_secs(30)).await;
     assert_exactly_once(&report, 20);
     let summary = sink.shutdown().await.unwrap();
@@ -341,7 +344,7 @@ async fn a_replaced_log_is_reported_or_written_as_a_new_generation_never_skipped
     let kafka = kafka_with_topic(1);
     let bootstrap = kafka.bootstrap_servers();
     produce(&bootstrap, 0, 100, json_payload).await;
-    let sink = Sink::start(sink_spec(&bootstrap, dir.path()))
+    let sink = Sink::start(SinkSettings::try_from(sink_spec(&bootstrap, dir.path())).unwrap())
         .await
         .unwrap();
     wait_for_records(dir.path(), 100, Duration::from_secs(30)).await;
@@ -354,7 +357,9 @@ async fn a_replaced_log_is_reported_or_written_as_a_new_generation_never_skipped
     let bootstrap = kafka.bootstrap_servers();
     produce(&bootstrap, 1000, 30, json_payload).await;
     let mut spec = sink_spec(&bootstrap, dir.path());
-    let sink = Sink::start(spec.clone()).await.unwrap();
+    let sink = Sink::start(SinkSettings::try_from(spec.clone()).unwrap())
+        .await
+        .unwrap();
     let why = wait_unready(sink.metrics_addr, Duration::from_secs(30)).await;
     assert!(
         why.contains("ends at offset 30") && why.contains("newGeneration"),
@@ -371,7 +376,9 @@ async fn a_replaced_log_is_reported_or_written_as_a_new_generation_never_skipped
     assert_eq!(audit_dir(dir.path()).await.total(), 100, "nothing written");
 
     spec.source.on_offset_regression = OffsetRegressionPolicy::NewGeneration;
-    let sink = Sink::start(spec.clone()).await.unwrap();
+    let sink = Sink::start(SinkSettings::try_from(spec.clone()).unwrap())
+        .await
+        .unwrap();
     let report = wait_for_records(dir.path(), 130, Duration::from_secs(30)).await;
     sink.shutdown().await.unwrap();
     assert!(report.exactly_once(), "{report:#?}");
@@ -385,7 +392,9 @@ async fn a_replaced_log_is_reported_or_written_as_a_new_generation_never_skipped
     let bootstrap = kafka.bootstrap_servers();
     produce(&bootstrap, 5000, 300, json_payload).await;
     spec.kafka.bootstrap_servers = bootstrap.clone();
-    let sink = Sink::start(spec).await.unwrap();
+    let sink = Sink::start(SinkSettings::try_from(spec).unwrap())
+        .await
+        .unwrap();
     let report = wait_for_records(dir.path(), 430, Duration::from_secs(30)).await;
     sink.shutdown().await.unwrap();
     assert!(report.exactly_once(), "{report:#?}");
@@ -403,7 +412,9 @@ async fn batch_mode_drains_to_the_end_offsets_and_exits() {
     spec.mode = SinkMode::Batch;
     spec.flush.max_age = Duration::from_secs(3600);
     spec.flush.max_records = 1000;
-    let mut sink = Sink::start(spec.clone()).await.unwrap();
+    let mut sink = Sink::start(SinkSettings::try_from(spec.clone()).unwrap())
+        .await
+        .unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(60), sink.wait())
         .await
         .expect("a batch run ends by itself")
@@ -412,7 +423,9 @@ async fn batch_mode_drains_to_the_end_offsets_and_exits() {
     assert_exactly_once(&audit_dir(dir.path()).await, 120);
     // A second run finds nothing new and ends too.
     produce(&bootstrap, 120, 10, json_payload).await;
-    let mut sink = Sink::start(spec).await.unwrap();
+    let mut sink = Sink::start(SinkSettings::try_from(spec).unwrap())
+        .await
+        .unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(60), sink.wait())
         .await
         .expect("a batch run ends by itself")
@@ -432,7 +445,9 @@ async fn a_small_memory_budget_flushes_the_biggest_buffers_first() {
     // Only the last records, under budget, wait for their age.
     spec.flush.max_age = Duration::from_secs(2);
     spec.flush.memory_budget = 64 * 1024;
-    let sink = Sink::start(spec).await.unwrap();
+    let sink = Sink::start(SinkSettings::try_from(spec).unwrap())
+        .await
+        .unwrap();
     let metrics_addr = sink.metrics_addr;
     let report = wait_for_records(dir.path(), 400, Duration::from_secs(30)).await;
     assert_exactly_once(&report, 400);
@@ -460,9 +475,13 @@ async fn two_sinks_in_one_group_share_partitions_through_rebalances() {
             }
         })
     };
-    let first = Sink::start(spec.clone()).await.unwrap();
+    let first = Sink::start(SinkSettings::try_from(spec.clone()).unwrap())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let second = Sink::start(spec.clone()).await.unwrap();
+    let second = Sink::start(SinkSettings::try_from(spec.clone()).unwrap())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let first_report = first.shutdown().await.unwrap();
     producing.await.unwrap();
@@ -566,7 +585,9 @@ async fn dead_letters_can_go_to_a_topic_with_the_reason_header() {
     let mut spec = sink_spec_with_click_schema(&bootstrap, dir.path(), PayloadEncoding::Json);
     spec.dead_letter.topic = Some("sink-dead-letters".into());
     produce(&bootstrap, 0, 4, json_payload).await;
-    let sink = Sink::start(spec).await.unwrap();
+    let sink = Sink::start(SinkSettings::try_from(spec).unwrap())
+        .await
+        .unwrap();
     // The range (two page views in files, two clicks dead-lettered) is flushed by age.
     let report = wait_for_records(&data, 2, Duration::from_secs(30)).await;
     assert_eq!(report.total(), 2, "{report:?}");
@@ -603,10 +624,12 @@ async fn a_directory_the_sink_may_not_write_fails_at_start() {
     } else {
         out.clone()
     };
-    let error = Sink::start(sink_spec(&kafka.bootstrap_servers(), &target))
-        .await
-        .err()
-        .expect("a directory the sink may not write is refused at start");
+    let error = Sink::start(
+        SinkSettings::try_from(sink_spec(&kafka.bootstrap_servers(), &target)).unwrap(),
+    )
+    .await
+    .err()
+    .expect("a directory the sink may not write is refused at start");
     let text = format!("{error:#}");
     assert!(
         text.starts_with(&format!("cannot use storage {}", target.display())),
@@ -631,7 +654,9 @@ async fn a_resume_after_a_skipped_last_record_finds_the_log_unchanged() {
         if run == 1 {
             produce(&bootstrap, 100, 10, json_payload).await;
         }
-        let mut sink = Sink::start(spec.clone()).await.unwrap();
+        let mut sink = Sink::start(SinkSettings::try_from(spec.clone()).unwrap())
+            .await
+            .unwrap();
         let summary = tokio::time::timeout(Duration::from_secs(60), sink.wait())
             .await
             .expect("a batch run ends by itself")

@@ -3,16 +3,18 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use weir_crds::config::from_yaml_str;
+use weir_crds::settings::{GatewaySettings, SinkSettings};
 use weir_crds::{PipelineSpec, SinkSpec};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(spec) = weir::config::from_yaml_str::<PipelineSpec>(text) {
-        let _ = weir::config::validate(&spec);
+    if let Ok(spec) = from_yaml_str::<PipelineSpec>(text) {
+        let _ = GatewaySettings::try_from(spec);
     }
-    if let Ok(spec) = weir::config::from_yaml_str::<SinkSpec>(text) {
-        let _ = weir::sink::config::validate(&spec);
+    if let Ok(spec) = from_yaml_str::<SinkSpec>(text) {
+        let _ = SinkSettings::try_from(spec);
     }
 });

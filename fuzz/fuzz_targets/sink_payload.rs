@@ -10,6 +10,7 @@ use prost::Message as _;
 use weir::sink::buffer::SinkRecord;
 use weir::sink::encode::Encoder;
 use weir_crds::SinkSpec;
+use weir_crds::settings::SinkSettings;
 use weir_crds::sink::{PayloadEncoding, TypeSchema};
 
 static ENCODER: LazyLock<Encoder> = LazyLock::new(|| {
@@ -21,6 +22,8 @@ static ENCODER: LazyLock<Encoder> = LazyLock::new(|| {
     let pool = prost_reflect::DescriptorPool::decode(set.encode_to_vec().as_slice())
         .expect("a descriptor pool");
     let mut spec = SinkSpec::default();
+    // The descriptors are the pool given below; the file named is never read.
+    spec.schema.descriptor_set = Some("given-as-a-pool.binpb".into());
     for (event_type, message, encoding) in [
         ("view", "shop.v1.PageView", PayloadEncoding::Protobuf),
         ("view_json", "shop.v1.PageView", PayloadEncoding::Json),
@@ -34,7 +37,8 @@ static ENCODER: LazyLock<Encoder> = LazyLock::new(|| {
             },
         );
     }
-    Encoder::with_pool(&spec, Some(&pool)).expect("the encoder builds")
+    let settings = SinkSettings::try_from(spec).expect("a valid sink spec");
+    Encoder::with_pool(&settings, Some(&pool)).expect("the encoder builds")
 });
 
 fuzz_target!(|data: &[u8]| {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use weir::telemetry::LogArgs;
 use weir_operator::build::Defaults;
 use weir_operator::controller::Context;
 use weir_operator::metrics::Metrics;
 use weir_operator::render::{Manifests, to_yaml_stream};
 use weir_operator::run::{RunSettings, run};
 use weir_operator::topics::{KafkaTopicAdmin, TopicSettings};
+use weir_runtime::telemetry::LogArgs;
 
 #[derive(Parser)]
 #[command(name = "weir-operator", version, about = "Weir's Kubernetes operator")]
@@ -81,9 +81,6 @@ fn replica_identity() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Builds that link both of rustls' crypto providers (tests do, through dev
-    // dependencies) must name one before the first TLS connection.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => {
@@ -107,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
             holder,
             lease_ttl,
         } => {
-            weir::telemetry::init(cli.log.log_format);
+            weir_runtime::telemetry::init(cli.log.log_format);
             let holder = holder.unwrap_or_else(replica_identity);
             let client = kube::Client::try_default().await?;
             let ctx = Arc::new(Context::new(

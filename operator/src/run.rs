@@ -51,13 +51,13 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: RunSettings) -> an
             "/metrics",
             get(move || {
                 let registry = registry.clone();
-                async move { weir::telemetry::render(&registry) }
+                async move { weir_runtime::telemetry::render(&registry) }
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(settings.metrics).await?;
-    let server = weir::telemetry::serve_http(listener, app, stop.clone(), "metrics");
+    let server = weir_runtime::telemetry::serve_http(listener, app, stop.clone(), "metrics");
 
     let lease = LeaseLock::new(
         client.clone(),

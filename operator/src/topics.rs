@@ -37,7 +37,7 @@ pub trait TopicAdmin: Send + Sync {
     ) -> BoxFuture<'a, Result<(), String>>;
 }
 
-/// The admin client of the data plane (`weir::kafka::ensure_topics`).
+/// The admin client of the data plane (`weir_runtime::kafka::ensure_topics`).
 pub struct KafkaTopicAdmin;
 
 impl TopicAdmin for KafkaTopicAdmin {
@@ -47,7 +47,7 @@ impl TopicAdmin for KafkaTopicAdmin {
         topics: &'a [TopicSpec],
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            weir::kafka::ensure_topics(kafka, topics)
+            weir_runtime::kafka::ensure_topics(kafka, topics)
                 .await
                 .map_err(|e| e.to_string())
         })

@@ -753,7 +753,7 @@ async fn reconciles_and_writes_are_counted() {
     let h = harness().await;
     h.create(&example_pipeline()).await;
     h.reconcile_pipeline("clickstream").await;
-    let metrics = weir::gateway::metrics::render(&h.ctx.metrics.registry);
+    let metrics = weir_runtime::telemetry::render(&h.ctx.metrics.registry);
     assert!(
         metrics.contains(r#"weir_operator_reconciles_total{kind="IngestPipeline",result="ok"} 1"#),
         "{metrics}"
@@ -783,7 +783,7 @@ async fn failures_back_off_and_success_resets_the_backoff() {
         delays,
         [5, 10, 20].map(|s| kube::runtime::controller::Action::requeue(Duration::from_secs(s)))
     );
-    let metrics = weir::gateway::metrics::render(&h.ctx.metrics.registry);
+    let metrics = weir_runtime::telemetry::render(&h.ctx.metrics.registry);
     assert!(
         metrics
             .contains(r#"weir_operator_reconciles_total{kind="IngestPipeline",result="error"} 3"#),

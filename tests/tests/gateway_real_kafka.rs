@@ -13,6 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use weir::gateway::Gateway;
 use weir_crds::PipelineSpec;
 use weir_crds::pipeline::{RouteRule, TopicSpec};
+use weir_crds::settings::GatewaySettings;
 use weir_proto::{Code, Event, SendEventRequest, SendEventResponse};
 use weir_tests::Broker;
 
@@ -96,22 +97,22 @@ async fn gateway_publishes_to_a_real_broker() {
     let mut spec = clicks_on(&broker, Duration::from_secs(5), 2);
 
     // Created; ensuring again is a no-op; asking for fewer never shrinks.
-    weir::kafka::ensure_topics(&spec.kafka, &spec.topics)
+    weir_runtime::kafka::ensure_topics(&spec.kafka, &spec.topics)
         .await
         .unwrap();
     assert_eq!(partitions(&broker.bootstrap, "clicks"), 2);
-    weir::kafka::ensure_topics(&spec.kafka, &spec.topics)
+    weir_runtime::kafka::ensure_topics(&spec.kafka, &spec.topics)
         .await
         .unwrap();
     spec.topics[0].partitions = 1;
-    weir::kafka::ensure_topics(&spec.kafka, &spec.topics)
+    weir_runtime::kafka::ensure_topics(&spec.kafka, &spec.topics)
         .await
         .unwrap();
     assert_eq!(partitions(&broker.bootstrap, "clicks"), 2);
     // Growing uses CreatePartitions. This broker lacks it, so the answer must be an
     // error that names the topic (on a broker with it, the topic grows).
     spec.topics[0].partitions = 4;
-    match weir::kafka::ensure_topics(&spec.kafka, &spec.topics).await {
+    match weir_runtime::kafka::ensure_topics(&spec.kafka, &spec.topics).await {
         Ok(()) => assert_eq!(partitions(&broker.bootstrap, "clicks"), 4),
         Err(error) => {
             let text = error.to_string();
@@ -123,7 +124,9 @@ async fn gateway_publishes_to_a_real_broker() {
     }
     spec.topics[0].partitions = 2;
 
-    let gateway = Gateway::start(spec).await.unwrap();
+    let gateway = Gateway::start(GatewaySettings::try_from(spec).unwrap())
+        .await
+        .unwrap();
     let batches = 20;
     let per_batch = 50;
     for b in 0..batches {
@@ -209,10 +212,12 @@ async fn a_dead_broker_is_answered_within_the_delivery_timeout() {
     let broker = Broker::start().expect("broker");
     let timeout = Duration::from_secs(3);
     let spec = clicks_on(&broker, timeout, 1);
-    weir::kafka::ensure_topics(&spec.kafka, &spec.topics)
+    weir_runtime::kafka::ensure_topics(&spec.kafka, &spec.topics)
         .await
         .unwrap();
-    let gateway = Gateway::start(spec).await.unwrap();
+    let gateway = Gateway::start(GatewaySettings::try_from(spec).unwrap())
+        .await
+        .unwrap();
     let batch = |guid: &str| SendEventRequest {
         req_guid: guid.into(),
         sent_time: None,

@@ -293,7 +293,8 @@ fn the_data_plane_loads_the_configuration_the_operator_mounts() {
             .replace("/etc/weir/routing/routing.yaml", routing.to_str().unwrap()),
     )
     .unwrap();
-    let spec = weir::config::load_pipeline(Some(&config), std::iter::empty()).unwrap();
+    let spec = weir_crds::config::read_pipeline(Some(&config), std::iter::empty()).unwrap();
+    weir_crds::settings::GatewaySettings::try_from(spec.clone()).expect("the gateway accepts it");
     assert_eq!(spec.kafka.bootstrap_servers, "kafka:9092");
     assert!(spec.topics.is_empty(), "the operator creates the topics");
     weir::gateway::route::load_routing_file(std::path::Path::new(
@@ -303,7 +304,8 @@ fn the_data_plane_loads_the_configuration_the_operator_mounts() {
 
     let sink = dir.path().join("sink.yaml");
     std::fs::write(&sink, data("clickstream-parquet-sink-config", "sink.yaml")).unwrap();
-    let spec = weir::config::load_sink(Some(&sink), std::iter::empty()).unwrap();
+    let spec = weir_crds::config::read_sink(Some(&sink), std::iter::empty()).unwrap();
+    weir_crds::settings::SinkSettings::try_from(spec.clone()).expect("the sink accepts it");
     assert_eq!(spec.storage.url, "s3://analytics/events");
     assert_eq!(spec.kafka.bootstrap_servers, "kafka:9092");
 }

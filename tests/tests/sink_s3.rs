@@ -15,6 +15,7 @@ use weir::sink::Sink;
 use weir::sink::audit::{AuditReport, audit};
 use weir::sink::upload::Storage;
 use weir_crds::pipeline::TopicSpec;
+use weir_crds::settings::{GatewaySettings, SinkSettings};
 use weir_crds::sink::StorageSpec;
 use weir_crds::{PipelineSpec, SinkSpec};
 use weir_proto::{Event, SendEventRequest};
@@ -62,10 +63,12 @@ async fn gateway(broker: &Broker) -> Gateway {
         replication_factor: None,
         configs: Default::default(),
     }];
-    weir::kafka::ensure_topics(&spec.kafka, &spec.topics)
+    weir_runtime::kafka::ensure_topics(&spec.kafka, &spec.topics)
         .await
         .unwrap();
-    Gateway::start(spec).await.unwrap()
+    Gateway::start(GatewaySettings::try_from(spec).unwrap())
+        .await
+        .unwrap()
 }
 
 async fn send(
@@ -122,7 +125,7 @@ async fn events_reach_s3_as_parquet_exactly_once_and_large_files_use_multipart()
     let storage = storage_spec(&s3, dir.path(), &s3.secret_key);
     let gateway = gateway(&broker).await;
     send(&gateway, 20, 50, |i| format!("{{\"n\":{i}}}").into_bytes()).await;
-    let sink = Sink::start(sink_spec(&broker, storage.clone()))
+    let sink = Sink::start(SinkSettings::try_from(sink_spec(&broker, storage.clone())).unwrap())
         .await
         .unwrap();
     let report = wait_for_records(&storage, 1000).await;
@@ -173,7 +176,7 @@ async fn wrong_credentials_fail_clearly_and_commit_nothing() {
     let gateway = gateway(&broker).await;
     send(&gateway, 2, 10, |i| vec![i as u8]).await;
     let storage = storage_spec(&s3, dir.path(), "not-the-secret");
-    let error = Sink::start(sink_spec(&broker, storage))
+    let error = Sink::start(SinkSettings::try_from(sink_spec(&broker, storage)).unwrap())
         .await
         .err()
         .expect("wrong credentials are refused")

@@ -51,7 +51,7 @@ pub struct EventGrpc {
 /// The routes for a tonic server: both service names, with the batch size limit and
 /// gzip accepted.
 pub fn services(shared: Arc<Shared>) -> (RaccoonServer<EventGrpc>, WeirServer<EventGrpc>) {
-    let limit = shared.spec.limits.max_batch_bytes;
+    let limit = shared.settings.limits.max_batch_bytes;
     let service = EventGrpc { shared };
     let raccoon = RaccoonServer::new(service.clone())
         .max_decoding_message_size(limit)
@@ -76,7 +76,7 @@ impl EventGrpc {
         self.shared
             .auth
             .check(|name| metadata_text(metadata.as_ref(), name))?;
-        super::identity::identify(&self.shared.spec.identity, |name| {
+        super::identity::identify(&self.shared.settings.identity, |name| {
             metadata_text(metadata.as_ref(), name)
         })
     }
@@ -93,7 +93,7 @@ impl EventGrpc {
             .and_then(|d| d.0.lock().ok()?.take());
         let batch = decoded.unwrap_or_else(|| request.into_inner());
         let prepared = identity.and_then(|identity| {
-            decode::check_batch(&batch, self.shared.spec.limits.max_events_per_batch)?;
+            decode::check_batch(&batch, self.shared.settings.limits.max_events_per_batch)?;
             Ok(identity)
         });
         let response = match prepared {
@@ -215,8 +215,8 @@ async fn read_batch(
     headers: &http::HeaderMap,
     body: tonic::body::Body,
 ) -> Result<SendEventRequest, Rejection> {
-    let limit = shared.spec.limits.max_batch_bytes;
-    let read_timeout = shared.spec.limits.read_timeout;
+    let limit = shared.settings.limits.max_batch_bytes;
+    let read_timeout = shared.settings.limits.read_timeout;
     let limited = http_body_util::Limited::new(body, limit + FRAME_HEADER);
     let collected = tokio::time::timeout(read_timeout, limited.collect())
         .await
@@ -258,7 +258,7 @@ async fn read_batch(
     } else {
         message
     };
-    let max_events = shared.spec.limits.max_events_per_batch;
+    let max_events = shared.settings.limits.max_events_per_batch;
     let (batch, _) =
         decode::decode_request_async(ContentKind::Protobuf, message, max_events).await?;
     Ok(batch)

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::decompression::RequestDecompressionLayer;
-use weir_crds::pipeline::CorsSpec;
+use weir_crds::settings::GatewaySettings;
 use weir_proto::SendEventResponse;
 
 use super::Shared;
@@ -32,7 +32,7 @@ use super::ws;
 
 /// The HTTP and WebSocket routes.
 pub fn routes(shared: Arc<Shared>) -> Router {
-    let cors = cors_layer(&shared.spec.cors, &shared.spec);
+    let cors = cors_layer(&shared.settings);
     let router = Router::new()
         .route("/api/v1/events", post(post_events).get(upgrade))
         .route("/ping", get(|| async { "pong" }))
@@ -90,7 +90,8 @@ async fn content_coding(
     next.run(request).await
 }
 
-fn cors_layer(spec: &CorsSpec, pipeline: &weir_crds::PipelineSpec) -> Option<CorsLayer> {
+fn cors_layer(settings: &GatewaySettings) -> Option<CorsLayer> {
+    let spec = &settings.cors;
     if spec.allowed_origins.is_empty() {
         return None;
     }
@@ -106,9 +107,9 @@ fn cors_layer(spec: &CorsSpec, pipeline: &weir_crds::PipelineSpec) -> Option<Cor
     let headers: Vec<HeaderName> = [
         "content-type",
         "content-encoding",
-        &pipeline.identity.id_header,
-        &pipeline.identity.group_header,
-        &pipeline.auth.header,
+        &settings.identity.id_header,
+        &settings.identity.group_header,
+        &settings.auth.header,
     ]
     .into_iter()
     .chain(spec.allowed_headers.iter().map(String::as_str))
@@ -131,7 +132,7 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Checks credentials and reads identity, the same for every HTTP request.
 pub fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Identity, Rejection> {
     shared.auth.check(|name| header(headers, name))?;
-    super::identity::identify(&shared.spec.identity, |name| header(headers, name))
+    super::identity::identify(&shared.settings.identity, |name| header(headers, name))
 }
 
 async fn post_events(
@@ -145,14 +146,14 @@ async fn post_events(
     let prepared = async {
         let identity = authenticate(&shared, &headers)?;
         let kind = kind?;
-        let limit = shared.spec.limits.max_batch_bytes;
-        let read_timeout = shared.spec.limits.read_timeout;
+        let limit = shared.settings.limits.max_batch_bytes;
+        let read_timeout = shared.settings.limits.read_timeout;
         let body = tokio::time::timeout(read_timeout, read_body(body, limit))
             .await
             .map_err(|_| Rejection::ReadTimeout(read_timeout))??;
         let wire_bytes = body.len();
         let (request, encoding) =
-            decode::decode_request_async(kind, body, shared.spec.limits.max_events_per_batch)
+            decode::decode_request_async(kind, body, shared.settings.limits.max_events_per_batch)
                 .await?;
         Ok::<_, Rejection>((identity, request, wire_bytes, encoding))
     }
@@ -250,7 +251,7 @@ async fn upgrade(
     // Raccoon upgrades first and then refuses over the socket (a response with the code,
     // then close 1008), so clients read the reason the same way here.
     let registration = shared.connections.register(&identity);
-    let limit = shared.spec.limits.max_batch_bytes;
+    let limit = shared.settings.limits.max_batch_bytes;
     let tracker = shared.sessions.clone();
     upgrade
         .max_message_size(limit)

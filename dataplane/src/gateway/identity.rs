@@ -53,11 +53,11 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Reads the tokens from the spec and its token file.
-    pub fn from_spec(spec: &AuthSpec) -> Result<Self, crate::config::parse::ConfigError> {
+    pub fn from_spec(spec: &AuthSpec) -> Result<Self, weir_crds::config::ConfigError> {
         let mut tokens: HashSet<String> = spec.tokens.iter().cloned().collect();
         if let Some(path) = &spec.tokens_file {
             let text = std::fs::read_to_string(path).map_err(|source| {
-                crate::config::parse::ConfigError::Read {
+                weir_crds::config::ConfigError::Read {
                     path: path.clone(),
                     source,
                 }

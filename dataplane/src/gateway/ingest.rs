@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 use weir_crds::pipeline::AckMode;
+use weir_crds::settings::GatewaySettings;
 use weir_proto::{Code, SendEventRequest, SendEventResponse};
 
 use super::ack::{self, Rejection};
@@ -45,10 +46,6 @@ impl Transport {
     }
 }
 
-/// Time a call may take past the read, admission and delivery timeouts (answering,
-/// writing); bounds the gRPC call timeout and the idle timeout's minimum.
-pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
-
 /// Processes batches; shared by every transport.
 pub struct Ingestor {
     router: Arc<Router>,
@@ -60,36 +57,24 @@ pub struct Ingestor {
     acks: AckMode,
 }
 
-/// What an `Ingestor` needs besides its collaborators.
-pub struct IngestSettings {
-    /// `limits.maxInflightBytes`.
-    pub max_inflight_bytes: usize,
-    /// `limits.admissionTimeout`.
-    pub admission_timeout: Duration,
-    /// `kafka.deliveryTimeout`.
-    pub delivery_timeout: Duration,
-    /// `acks`.
-    pub acks: AckMode,
-}
-
 impl Ingestor {
     /// A new ingestor.
     pub fn new(
         router: Arc<Router>,
         publisher: Arc<Publisher>,
         metrics: Arc<Metrics>,
-        settings: IngestSettings,
+        settings: &GatewaySettings,
     ) -> Self {
         Self {
             router,
             publisher,
             metrics,
-            inflight: Semaphore::new(settings.max_inflight_bytes),
-            admission_timeout: settings.admission_timeout,
+            inflight: Semaphore::new(settings.limits.max_inflight_bytes),
+            admission_timeout: settings.limits.admission_timeout,
             // librdkafka reports a little before this (see `kafka::librdkafka_timeout`);
             // the deadline only answers for a report that never comes, so a batch is
             // always answered within the delivery timeout.
-            ack_deadline: settings.delivery_timeout,
+            ack_deadline: settings.kafka.delivery_timeout,
             acks: settings.acks,
         }
     }

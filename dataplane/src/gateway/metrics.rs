@@ -5,7 +5,7 @@
 //! own series, the rest share `__other__`, so a client cannot grow the series count
 //! without bound. Request ids and user ids are never labels.
 
-pub use crate::telemetry::{BoundedLabels, LABEL_LIMIT, OTHER, render};
+pub use weir_runtime::telemetry::{BoundedLabels, LABEL_LIMIT, OTHER, render};
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,

@@ -24,7 +24,6 @@ pub mod route;
 pub mod ws;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,19 +34,19 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weir_crds::PipelineSpec;
+use weir_crds::settings::{GatewaySettings, RoutingSource};
 
 use identity::{Authenticator, ConnectionRegistry};
-use ingest::{IngestSettings, Ingestor};
+use ingest::Ingestor;
 use metrics::Metrics;
 use ops::Health;
 use publish::Publisher;
-use route::{Router, RoutingTable};
+use route::Router;
 
 /// State every transport shares.
 pub struct Shared {
-    /// The validated configuration.
-    pub spec: PipelineSpec,
+    /// The settings, checked once.
+    pub settings: GatewaySettings,
     /// The batch processor.
     pub ingestor: Ingestor,
     /// Metrics.
@@ -81,40 +80,33 @@ pub struct Gateway {
     ops_server: JoinHandle<()>,
 }
 
-async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
 impl Gateway {
-    /// Starts the gateway on a validated spec. Returns once every port is listening.
-    pub async fn start(spec: PipelineSpec) -> anyhow::Result<Self> {
-        crate::config::validate(&spec)?;
+    /// Starts the gateway. Returns once every port is listening.
+    pub async fn start(settings: GatewaySettings) -> anyhow::Result<Self> {
+        let spec = &settings;
         let metrics = Arc::new(Metrics::new());
-        let table = match &spec.routing.file {
-            Some(path) => route::load_routing_file(path.as_ref())?,
-            None => RoutingTable::compile(&spec.routing)?,
+        let table = match &spec.routing {
+            RoutingSource::File { path, .. } => Arc::new(route::load_routing_file(path)?),
+            RoutingSource::Inline(table) => table.clone(),
         };
         let router = Arc::new(Router::new(table));
         let publisher = Arc::new(
-            Publisher::new(&crate::kafka::producer_config(&spec.kafka), metrics.clone())
-                .context("cannot create the Kafka producer (check kafka.properties)")?,
+            Publisher::new(
+                &weir_runtime::kafka::producer_config(&spec.kafka),
+                metrics.clone(),
+            )
+            .context("cannot create the Kafka producer (check kafka.properties)")?,
         );
-        let ingestor = Ingestor::new(
-            router.clone(),
-            publisher.clone(),
-            metrics.clone(),
-            IngestSettings {
-                max_inflight_bytes: spec.limits.max_inflight_bytes,
-                admission_timeout: spec.limits.admission_timeout,
-                delivery_timeout: spec.kafka.delivery_timeout,
-                acks: spec.acks,
-            },
-        );
-        let http_listener = bind(&spec.listen.http, "listen.http").await?;
-        let grpc_listener = bind(&spec.listen.grpc, "listen.grpc").await?;
-        let metrics_listener = bind(&spec.listen.metrics, "listen.metrics").await?;
+        let ingestor = Ingestor::new(router.clone(), publisher.clone(), metrics.clone(), spec);
+        let http_listener = bind(spec.listen.http, "listen.http").await?;
+        let grpc_listener = bind(spec.listen.grpc, "listen.grpc").await?;
+        let metrics_listener = bind(spec.listen.metrics, "listen.metrics").await?;
         let shared = Arc::new(Shared {
             auth: Authenticator::from_spec(&spec.auth)?,
             connections: Arc::new(ConnectionRegistry::new(
@@ -127,7 +119,7 @@ impl Gateway {
             sessions: TaskTracker::new(),
             health: Arc::new(Health::default()),
             answer_budget: Arc::new(Semaphore::new(spec.websocket.max_queued_answer_bytes_total)),
-            spec,
+            settings,
         });
         let http_addr = http_listener.local_addr()?;
         let grpc_addr = grpc_listener.local_addr()?;
@@ -137,19 +129,17 @@ impl Gateway {
         let http_server = listener::serve(
             http_listener,
             http::routes(shared.clone()),
-            ConnectionLimits::new(&shared.spec.limits, metrics.clone(), "http"),
+            ConnectionLimits::new(&shared.settings.limits, metrics.clone(), "http"),
             shared.shutdown.clone(),
         );
-        let grpc_connections = ConnectionLimits::new(&shared.spec.limits, metrics.clone(), "grpc");
+        let grpc_connections =
+            ConnectionLimits::new(&shared.settings.limits, metrics.clone(), "grpc");
 
         let stop = shared.shutdown.clone();
         let (raccoon, weir) = grpc::services(shared.clone());
         let grpc_shared = shared.clone();
         // A call may take the read time plus the whole wait for Kafka, and no longer.
-        let call_timeout = shared.spec.limits.read_timeout
-            + shared.spec.limits.admission_timeout
-            + shared.spec.kafka.delivery_timeout
-            + ingest::DELIVERY_GRACE;
+        let call_timeout = shared.settings.longest_call();
         let grpc_server = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .timeout(call_timeout)
@@ -167,7 +157,7 @@ impl Gateway {
         });
 
         // The metrics port outlives the drain, so readiness can say "draining".
-        let ops_server = crate::telemetry::serve_http(
+        let ops_server = weir_runtime::telemetry::serve_http(
             metrics_listener,
             ops::routes(shared.clone()),
             background.clone(),
@@ -179,11 +169,15 @@ impl Gateway {
             shared.health.clone(),
             background.clone(),
         ));
-        if let Some(path) = &shared.spec.routing.file {
+        if let RoutingSource::File {
+            path,
+            reload_interval,
+        } = &shared.settings.routing
+        {
             tokio::spawn(route::watch_routing_file(
                 router,
-                PathBuf::from(path),
-                shared.spec.routing.reload_interval,
+                path.clone(),
+                *reload_interval,
                 metrics,
                 background.clone(),
             ));
@@ -214,7 +208,7 @@ impl Gateway {
     /// Drains and stops: see the module docs for the order.
     pub async fn shutdown(self) {
         let started = Instant::now();
-        let budget = self.shared.spec.shutdown.drain_timeout;
+        let budget = self.shared.settings.shutdown.drain_timeout;
         tracing::info!("draining");
         self.shared.health.start_draining();
         self.shared.shutdown.cancel();

@@ -138,7 +138,7 @@ pub struct Pending {
 /// Receives librdkafka's delivery reports on its polling thread.
 pub struct DeliveryReports {
     metrics: Arc<Metrics>,
-    logs: crate::kafka::KafkaLogs,
+    logs: weir_runtime::kafka::KafkaLogs,
 }
 
 impl ClientContext for DeliveryReports {

@@ -1,197 +1,15 @@
-//! Routing: an event's type selects its Kafka topic.
+//! The gateway's router: the current [`RoutingTable`], swapped for a new one when the
+//! routing file changes.
 //!
-//! [`RoutingTable`] is pure: compiled once from a [`RoutingSpec`] (compiling validates
-//! every rule and pattern), then asked for routes. Rules are tried in order and the first
-//! match wins; types no rule matches and types that cannot form a legal topic name follow
-//! the spec's policies. Results are memoised per type, as types are few and events many.
-//!
-//! [`Router`] holds the current table and swaps in a new one when the routing file
-//! changes. A batch routes all its events against one table, so a reload never splits a
-//! batch between two tables; a file that fails to compile leaves the old table in place.
+//! A batch routes all its events against one table, so a reload never splits a batch
+//! between two tables; a file that fails to compile leaves the old table in place.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use globset::{Glob, GlobMatcher};
-use weir_crds::pipeline::{InvalidPolicy, RoutingSpec, UnmatchedPolicy};
-
-use weir_crds::kafka_names::{check_topic_name, is_topic_char};
-/// Types remembered per table; past this, routes are computed each time.
-const CACHE_LIMIT: usize = 10_000;
-
-/// Where one event goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// Publish to this topic.
-    Topic(Arc<str>),
-    /// Publish to the dead-letter topic, with the reason in a record header.
-    DeadLetter { topic: Arc<str>, reason: Arc<str> },
-    /// Refuse this event with the reason.
-    Reject(Arc<str>),
-}
-
-/// A routing spec that does not compile.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct RoutingError {
-    /// The offending field, as a path in the spec.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-fn routing_error(field: impl Into<String>, message: impl Into<String>) -> RoutingError {
-    RoutingError {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-enum Matcher {
-    Exact(String),
-    Prefix(String),
-    Glob(GlobMatcher),
-}
-
-struct Rule {
-    matcher: Matcher,
-    pattern: String,
-}
-
-/// A compiled routing table.
-pub struct RoutingTable {
-    rules: Vec<Rule>,
-    default_pattern: String,
-    unmatched: UnmatchedPolicy,
-    invalid: InvalidPolicy,
-    dead_letter_topic: Option<Arc<str>>,
-    cache: RwLock<HashMap<Box<str>, Route>>,
-}
-
-/// Substitutes the first `%s` of a pattern, as Raccoon does.
-fn apply(pattern: &str, event_type: &str) -> String {
-    pattern.replacen("%s", event_type, 1)
-}
-
-impl RoutingTable {
-    /// Compiles a spec, checking every rule, pattern and policy.
-    pub fn compile(spec: &RoutingSpec) -> Result<Self, RoutingError> {
-        let check_pattern = |field: String, pattern: &str| {
-            // A sample type stands in for `%s`: the rest of the pattern must be legal.
-            check_topic_name(&apply(pattern, "t")).map_err(|m| routing_error(field, m))
-        };
-        let mut rules = Vec::with_capacity(spec.rules.len());
-        for (i, rule) in spec.rules.iter().enumerate() {
-            let field = format!("routing.rules[{i}]");
-            let matcher = match (&rule.exact, &rule.prefix, &rule.glob) {
-                (Some(exact), None, None) => Matcher::Exact(exact.clone()),
-                (None, Some(prefix), None) => Matcher::Prefix(prefix.clone()),
-                (None, None, Some(glob)) => Matcher::Glob(
-                    Glob::new(glob)
-                        .map_err(|e| routing_error(format!("{field}.glob"), e.to_string()))?
-                        .compile_matcher(),
-                ),
-                _ => {
-                    return Err(routing_error(
-                        field,
-                        "set exactly one of exact, prefix and glob",
-                    ));
-                }
-            };
-            check_pattern(format!("{field}.topic"), &rule.topic)?;
-            rules.push(Rule {
-                matcher,
-                pattern: rule.topic.clone(),
-            });
-        }
-        check_pattern("routing.defaultPattern".into(), &spec.default_pattern)?;
-        let dead_letter_topic = match &spec.dead_letter_topic {
-            Some(topic) => {
-                check_topic_name(topic).map_err(|m| routing_error("routing.deadLetterTopic", m))?;
-                Some(Arc::from(topic.as_str()))
-            }
-            None => None,
-        };
-        let needs_dead_letter = spec.unmatched == UnmatchedPolicy::DeadLetter
-            || spec.invalid == InvalidPolicy::DeadLetter;
-        if needs_dead_letter && dead_letter_topic.is_none() {
-            return Err(routing_error(
-                "routing.deadLetterTopic",
-                "required when a policy is deadLetter",
-            ));
-        }
-        Ok(Self {
-            rules,
-            default_pattern: spec.default_pattern.clone(),
-            unmatched: spec.unmatched,
-            invalid: spec.invalid,
-            dead_letter_topic,
-            cache: RwLock::new(HashMap::new()),
-        })
-    }
-
-    /// The route for an event type, memoised.
-    pub fn route(&self, event_type: &str) -> Route {
-        if let Some(route) = self.cache.read().expect("cache lock").get(event_type) {
-            return route.clone();
-        }
-        let route = self.resolve(event_type);
-        let mut cache = self.cache.write().expect("cache lock");
-        if cache.len() < CACHE_LIMIT {
-            cache.insert(event_type.into(), route.clone());
-        }
-        route
-    }
-
-    /// The route for an event type, computed.
-    pub fn resolve(&self, event_type: &str) -> Route {
-        let invalid = |reason: String| match (self.invalid, &self.dead_letter_topic) {
-            (InvalidPolicy::DeadLetter, Some(topic)) => Route::DeadLetter {
-                topic: topic.clone(),
-                reason: reason.into(),
-            },
-            _ => Route::Reject(reason.into()),
-        };
-        if event_type.is_empty() {
-            return invalid("event type is empty".into());
-        }
-        if let Some(c) = event_type.chars().find(|c| !is_topic_char(*c)) {
-            return invalid(format!(
-                "event type {event_type:?} contains {c:?}; only letters, digits, '.', '_' and '-' can form a topic name"
-            ));
-        }
-        let matched = self.rules.iter().find(|rule| match &rule.matcher {
-            Matcher::Exact(t) => t == event_type,
-            Matcher::Prefix(p) => event_type.starts_with(p.as_str()),
-            Matcher::Glob(g) => g.is_match(event_type),
-        });
-        let pattern = match (matched, self.unmatched, &self.dead_letter_topic) {
-            (Some(rule), _, _) => &rule.pattern,
-            (None, UnmatchedPolicy::DefaultPattern, _) => &self.default_pattern,
-            (None, UnmatchedPolicy::DeadLetter, Some(topic)) => {
-                return Route::DeadLetter {
-                    topic: topic.clone(),
-                    reason: format!("no routing rule matches event type {event_type:?}").into(),
-                };
-            }
-            (None, _, _) => {
-                return Route::Reject(
-                    format!("no routing rule matches event type {event_type:?}").into(),
-                );
-            }
-        };
-        let topic = apply(pattern, event_type);
-        match check_topic_name(&topic) {
-            Ok(()) => Route::Topic(topic.into()),
-            Err(message) => invalid(format!(
-                "event type {event_type:?} gives an illegal topic: {message}"
-            )),
-        }
-    }
-}
+pub use weir_crds::routing::{Route, RoutingError, RoutingTable, load_routing_file};
 
 /// The current routing table, reloadable from a file.
 pub struct Router {
@@ -200,9 +18,9 @@ pub struct Router {
 
 impl Router {
     /// A router over a compiled table.
-    pub fn new(table: RoutingTable) -> Self {
+    pub fn new(table: Arc<RoutingTable>) -> Self {
         Self {
-            current: ArcSwap::from_pointee(table),
+            current: ArcSwap::new(table),
         }
     }
 
@@ -215,25 +33,6 @@ impl Router {
     pub fn replace(&self, table: RoutingTable) {
         self.current.store(Arc::new(table));
     }
-}
-
-/// Reads and compiles a routing file: a YAML [`RoutingSpec`] without `file`.
-pub fn load_routing_file(path: &std::path::Path) -> Result<RoutingTable, RoutingError> {
-    let field = || format!("routing file {}", path.display());
-    let text = std::fs::read_to_string(path).map_err(|e| routing_error(field(), e.to_string()))?;
-    // An empty file is far more likely a write in progress than a wish for defaults.
-    if text.trim().is_empty() {
-        return Err(routing_error(field(), "the file is empty"));
-    }
-    let spec: RoutingSpec = crate::config::parse::from_yaml_str(&text)
-        .map_err(|e| routing_error(field(), e.to_string()))?;
-    if spec.file.is_some() {
-        return Err(routing_error(
-            field(),
-            "a routing file cannot name another file",
-        ));
-    }
-    RoutingTable::compile(&spec)
 }
 
 /// Watches a routing file and swaps in each new version that compiles.
@@ -278,143 +77,9 @@ pub async fn watch_routing_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_crds::pipeline::RouteRule;
-
-    fn rule(kind: &str, value: &str, topic: &str) -> RouteRule {
-        let mut r = RouteRule {
-            topic: topic.into(),
-            ..Default::default()
-        };
-        match kind {
-            "exact" => r.exact = Some(value.into()),
-            "prefix" => r.prefix = Some(value.into()),
-            _ => r.glob = Some(value.into()),
-        }
-        r
-    }
 
     fn topic(t: &str) -> Route {
         Route::Topic(t.into())
-    }
-
-    #[test]
-    fn raccoon_default_pattern() {
-        let table = RoutingTable::compile(&RoutingSpec::default()).unwrap();
-        assert_eq!(table.route("page_view"), topic("clickstream-page_view-log"));
-        // Raccoon would publish an empty type to clickstream--log; Weir refuses it.
-        assert!(matches!(table.route(""), Route::Reject(r) if r.contains("empty")));
-    }
-
-    #[test]
-    fn rules_apply_in_order() {
-        let spec = RoutingSpec {
-            rules: vec![
-                rule("exact", "ad_click", "ads-clicks"),
-                rule("prefix", "ad_", "ads-%s"),
-                rule("glob", "iot.*.temp", "iot-temperature"),
-                rule("glob", "iot.*", "iot-other"),
-            ],
-            ..Default::default()
-        };
-        let table = RoutingTable::compile(&spec).unwrap();
-        assert_eq!(table.route("ad_click"), topic("ads-clicks"));
-        assert_eq!(table.route("ad_view"), topic("ads-ad_view"));
-        assert_eq!(table.route("iot.dev1.temp"), topic("iot-temperature"));
-        assert_eq!(table.route("iot.dev1.hum"), topic("iot-other"));
-        assert_eq!(table.route("search"), topic("clickstream-search-log"));
-        // Memoised answers equal computed ones.
-        assert_eq!(table.route("ad_view"), table.resolve("ad_view"));
-    }
-
-    #[test]
-    fn unmatched_policies() {
-        let mut spec = RoutingSpec {
-            rules: vec![rule("exact", "a", "topic-a")],
-            unmatched: UnmatchedPolicy::Reject,
-            ..Default::default()
-        };
-        let table = RoutingTable::compile(&spec).unwrap();
-        assert!(matches!(table.route("b"), Route::Reject(r) if r.contains("no routing rule")));
-        assert_eq!(table.route("a"), topic("topic-a"));
-
-        spec.unmatched = UnmatchedPolicy::DeadLetter;
-        assert!(
-            RoutingTable::compile(&spec).is_err(),
-            "dead letter topic required"
-        );
-        spec.dead_letter_topic = Some("dlq".into());
-        let table = RoutingTable::compile(&spec).unwrap();
-        assert!(matches!(table.route("b"), Route::DeadLetter { topic, .. } if &*topic == "dlq"));
-    }
-
-    #[test]
-    fn invalid_types() {
-        let mut spec = RoutingSpec::default();
-        let table = RoutingTable::compile(&spec).unwrap();
-        for bad in ["has space", "slash/y", "ünï", "a:b"] {
-            assert!(matches!(table.route(bad), Route::Reject(_)), "{bad}");
-        }
-        let long = "x".repeat(240);
-        assert!(matches!(table.route(&long), Route::Reject(r) if r.contains("249")));
-
-        spec.invalid = InvalidPolicy::DeadLetter;
-        spec.dead_letter_topic = Some("weir-dead-letter".into());
-        let table = RoutingTable::compile(&spec).unwrap();
-        match table.route("has space") {
-            Route::DeadLetter { topic, reason } => {
-                assert_eq!(&*topic, "weir-dead-letter");
-                assert!(reason.contains("' '"), "{reason}");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn bad_specs_name_the_field() {
-        let cases = [
-            (
-                RoutingSpec {
-                    rules: vec![RouteRule {
-                        topic: "t".into(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
-                "routing.rules[0]",
-            ),
-            (
-                RoutingSpec {
-                    rules: vec![rule("glob", "a[", "t")],
-                    ..Default::default()
-                },
-                "routing.rules[0].glob",
-            ),
-            (
-                RoutingSpec {
-                    rules: vec![rule("exact", "a", "bad topic")],
-                    ..Default::default()
-                },
-                "routing.rules[0].topic",
-            ),
-            (
-                RoutingSpec {
-                    default_pattern: "x/%s".into(),
-                    ..Default::default()
-                },
-                "routing.defaultPattern",
-            ),
-            (
-                RoutingSpec {
-                    dead_letter_topic: Some("..".into()),
-                    ..Default::default()
-                },
-                "routing.deadLetterTopic",
-            ),
-        ];
-        for (spec, field) in cases {
-            let err = RoutingTable::compile(&spec).err().expect("must fail");
-            assert_eq!(err.field, field, "{err}");
-        }
     }
 
     #[test]
@@ -422,7 +87,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routing.yaml");
         std::fs::write(&path, "rules:\n  - exact: a\n    topic: first\n").unwrap();
-        let router = Router::new(load_routing_file(&path).unwrap());
+        let router = Router::new(Arc::new(load_routing_file(&path).unwrap()));
         assert_eq!(router.table().route("a"), topic("first"));
 
         std::fs::write(&path, "rules:\n  - exact: a\n    topic: second\n").unwrap();

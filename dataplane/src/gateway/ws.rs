@@ -97,8 +97,8 @@ pub async fn serve(
         .with_label_values(&[&group_label]);
     gauge.inc();
     let identity = Arc::new(identity);
-    let settings = &shared.spec.websocket;
-    let max_inflight = shared.spec.limits.max_inflight_batches_per_connection;
+    let settings = &shared.settings.websocket;
+    let max_inflight = shared.settings.limits.max_inflight_batches_per_connection;
     let (mut sink, mut stream) = socket.split();
     let (replies, mut outbox) = mpsc::channel::<Queued>(max_inflight + 2);
     let budget = AnswerBudget {
@@ -106,7 +106,7 @@ pub async fn serve(
         connection_size: settings.max_queued_answer_bytes,
         total: shared.answer_budget.clone(),
         total_size: settings.max_queued_answer_bytes_total,
-        wait: shared.spec.limits.write_timeout,
+        wait: shared.settings.limits.write_timeout,
     };
     // Cancelled when the client stopped reading: its answers found no room in time, or
     // a frame did not go out in time.
@@ -114,7 +114,7 @@ pub async fn serve(
 
     // The writer owns the sending half; each answer's budget is given back once the
     // frame is written.
-    let write_timeout = shared.spec.limits.write_timeout;
+    let write_timeout = shared.settings.limits.write_timeout;
     let writer = tokio::spawn({
         let not_reading = not_reading.clone();
         async move {
@@ -137,7 +137,7 @@ pub async fn serve(
     });
 
     let permits = Arc::new(Semaphore::new(max_inflight));
-    let max_inflight_bytes = shared.spec.limits.max_inflight_bytes_per_connection;
+    let max_inflight_bytes = shared.settings.limits.max_inflight_bytes_per_connection;
     let inflight_bytes = Arc::new(Semaphore::new(max_inflight_bytes));
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(
@@ -168,7 +168,7 @@ pub async fn serve(
             frame = stream.next() => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,
-                    Some(Err(error)) => break Closing::read_error(error, shared.spec.limits.max_batch_bytes),
+                    Some(Err(error)) => break Closing::read_error(error, shared.settings.limits.max_batch_bytes),
                     None => break None,
                 };
                 last_heard = Instant::now();
@@ -208,7 +208,7 @@ pub async fn serve(
     };
 
     // Answer what was accepted, then say goodbye.
-    let drain = shared.spec.shutdown.drain_timeout;
+    let drain = shared.settings.shutdown.drain_timeout;
     let answered = async {
         let _ = permits.acquire_many(max_inflight as u32).await;
     };
@@ -238,7 +238,8 @@ async fn process(
     received: Instant,
 ) -> (SendEventResponse, Encoding) {
     let wire_bytes = payload.len();
-    match decode::decode_request_async(kind, payload, shared.spec.limits.max_events_per_batch).await
+    match decode::decode_request_async(kind, payload, shared.settings.limits.max_events_per_batch)
+        .await
     {
         Ok((request, encoding)) => {
             let response = shared

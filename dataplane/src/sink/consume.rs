@@ -41,7 +41,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use weir_crds::SinkSpec;
+use weir_crds::settings::SinkSettings;
 use weir_crds::sink::{OffsetRegressionPolicy, SinkMode};
 
 use super::buffer::{FlushReason, PartitionBuffer, SinkRecord, over_budget};
@@ -176,7 +176,7 @@ impl Partitions {
 }
 
 struct Core {
-    spec: SinkSpec,
+    settings: SinkSettings,
     flush: FlushContext,
     metrics: Arc<SinkMetrics>,
     partitions: Mutex<Partitions>,
@@ -194,7 +194,7 @@ impl Core {
 
 struct SinkContext {
     core: Arc<Core>,
-    logs: crate::kafka::KafkaLogs,
+    logs: weir_runtime::kafka::KafkaLogs,
 }
 
 impl ClientContext for SinkContext {
@@ -360,7 +360,7 @@ impl SinkContext {
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        let deadline = Instant::now() + self.core.spec.shutdown.drain_timeout;
+        let deadline = Instant::now() + self.core.settings.shutdown.drain_timeout;
         tokio::task::block_in_place(|| {
             let mut state = self.core.lock();
             loop {
@@ -498,7 +498,7 @@ impl Core {
                 "a range whose files were never all uploaded can no longer be written: its records are not in the new log"
             );
         }
-        match self.spec.source.on_offset_regression {
+        match self.settings.source.on_offset_regression {
             OffsetRegressionPolicy::Fail => {
                 let reason = format!(
                     "{reason}; nothing more of it is written (set source.onOffsetRegression: newGeneration to write the new log beside the old files)"
@@ -543,32 +543,31 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Validates the spec, opens the store (failing with the store's own error when it
-    /// cannot be reached, e.g. wrong credentials), joins the consumer group and starts
-    /// consuming. Needs a multi-threaded Tokio runtime (the rebalance hook blocks its
-    /// thread while it reads the store).
-    pub async fn start(spec: SinkSpec) -> anyhow::Result<Self> {
-        super::config::validate(&spec)?;
+    /// Opens the store (failing with the store's own error when it cannot be reached,
+    /// e.g. wrong credentials), joins the consumer group and starts consuming. Needs a
+    /// multi-threaded Tokio runtime (the rebalance hook blocks its thread while it reads
+    /// the store).
+    pub async fn start(settings: SinkSettings) -> anyhow::Result<Self> {
         if Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
             anyhow::bail!("the sink needs a multi-threaded Tokio runtime");
         }
-        let encoder = Encoder::new(&spec)?;
-        let storage = Storage::open(&spec.storage)?;
+        let encoder = Encoder::new(&settings)?;
+        let storage = Storage::open(&settings.storage)?;
         if let Err(error) = probe(&storage).await {
             anyhow::bail!(
                 "cannot use storage {}{}: {error}",
-                spec.storage.url,
+                settings.storage.url,
                 storage_hint(&error)
             );
         }
         let metrics = Arc::new(SinkMetrics::new());
-        let dead_letter_topic = match &spec.dead_letter.topic {
+        let dead_letter_topic = match &settings.dead_letter.topic {
             Some(topic) => Some((
-                crate::kafka::producer_config(&spec.kafka)
+                weir_runtime::kafka::producer_config(&settings.kafka)
                     .create()
                     .context("cannot create the dead-letter producer (check kafka.properties)")?,
                 topic.clone(),
-                spec.kafka.delivery_timeout,
+                settings.kafka.delivery_timeout,
             )),
             None => None,
         };
@@ -584,18 +583,24 @@ impl Sink {
             changed: Condvar::new(),
             runtime: Handle::current(),
             slots: Arc::new(Semaphore::new(FLUSH_CONCURRENCY)),
-            batch: spec.mode == SinkMode::Batch,
-            spec,
+            batch: settings.mode == SinkMode::Batch,
+            settings,
         });
-        let consumer: SinkConsumer = consumer_config(&core.spec)
+        let consumer: SinkConsumer = consumer_config(&core.settings)
             .create_with_context(SinkContext {
                 core: core.clone(),
                 logs: Default::default(),
             })
             .context("cannot create the Kafka consumer (check kafka.properties)")?;
-        let mut topics: Vec<&str> = core.spec.source.topics.iter().map(String::as_str).collect();
+        let mut topics: Vec<&str> = core
+            .settings
+            .source
+            .topics
+            .iter()
+            .map(String::as_str)
+            .collect();
         if let Some(pattern) = core
-            .spec
+            .settings
             .source
             .topic_pattern
             .as_deref()
@@ -608,9 +613,9 @@ impl Sink {
             .context("cannot subscribe to the source topics")?;
         let consumer = Arc::new(consumer);
 
-        let listener = tokio::net::TcpListener::bind(&core.spec.listen.metrics)
+        let listener = tokio::net::TcpListener::bind(core.settings.metrics_addr)
             .await
-            .with_context(|| format!("cannot listen on {}", core.spec.listen.metrics))?;
+            .with_context(|| format!("cannot listen on {}", core.settings.metrics_addr))?;
         let metrics_addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let ops = axum::Router::new()
@@ -620,7 +625,7 @@ impl Sink {
             .with_state(core.clone());
         let server_stop = CancellationToken::new();
         let server =
-            crate::telemetry::serve_http(listener, ops, server_stop.clone(), "sink metrics");
+            weir_runtime::telemetry::serve_http(listener, ops, server_stop.clone(), "sink metrics");
         let task = tokio::spawn({
             let stop = stop.clone();
             async move {
@@ -698,18 +703,18 @@ async fn probe(storage: &Storage) -> Result<(), object_store::Error> {
     }
 }
 
-fn consumer_config(spec: &SinkSpec) -> ClientConfig {
+fn consumer_config(settings: &SinkSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", &spec.kafka.bootstrap_servers)
-        .set("group.id", &spec.source.group_id)
+        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
+        .set("group.id", &settings.source.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
         // New topics matching source.topicPattern are found this often.
         .set("topic.metadata.refresh.interval.ms", "30000");
-    for (key, value) in &spec.kafka.properties {
+    for (key, value) in &settings.kafka.properties {
         config.set(key, value);
     }
     config
@@ -718,7 +723,7 @@ fn consumer_config(spec: &SinkSpec) -> ClientConfig {
 async fn render_metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::telemetry::render(&core.metrics.registry),
+        weir_runtime::telemetry::render(&core.metrics.registry),
     )
 }
 
@@ -756,7 +761,7 @@ async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
     loop {
-        let full = core.lock().pausing_bytes() >= core.spec.flush.memory_budget;
+        let full = core.lock().pausing_bytes() >= core.settings.flush.memory_budget;
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -850,8 +855,7 @@ fn on_message(
         message.payload(),
         headers.unwrap_or_default(),
     );
-    let keep = core.spec.source.event_types.is_empty()
-        || core.spec.source.event_types.contains(&record.event_type);
+    let keep = core.settings.keeps(&record.event_type);
     if !keep {
         ps.counts.skipped += 1;
     }
@@ -888,7 +892,7 @@ fn on_message(
             let at_end = ps.stop_at.is_some_and(|end| ps.expected >= end);
             let reason = ps
                 .buffer
-                .due(&core.spec.flush, now)
+                .due(&core.settings.flush, now)
                 .or(at_end.then_some(FlushReason::Drain));
             if let Some(reason) = reason {
                 jobs.extend(take_job(&tp, ps, reason));
@@ -1005,7 +1009,7 @@ fn take_job(tp: &Tp, ps: &mut PartitionState, reason: FlushReason) -> Option<Flu
 /// Flushes the biggest buffers while the budget is exceeded.
 fn enforce_budget(core: &Core, state: &mut Partitions) -> Vec<(Tp, FlushJob)> {
     let total = state.buffered_bytes();
-    if total <= core.spec.flush.memory_budget {
+    if total <= core.settings.flush.memory_budget {
         return Vec::new();
     }
     let sizes: Vec<(Tp, usize)> = state
@@ -1018,7 +1022,7 @@ fn enforce_budget(core: &Core, state: &mut Partitions) -> Vec<(Tp, FlushJob)> {
     let chosen = over_budget(
         &sizes,
         total - in_flight.min(total),
-        core.spec.flush.memory_budget.saturating_sub(in_flight),
+        core.settings.flush.memory_budget.saturating_sub(in_flight),
     );
     chosen
         .into_iter()
@@ -1067,7 +1071,7 @@ fn on_tick(core: &Arc<Core>, consumer: &Arc<SinkConsumer>) {
         let at_end = ps.stop_at.is_some_and(|end| ps.expected >= end);
         let reason = ps
             .buffer
-            .due(&core.spec.flush, now)
+            .due(&core.settings.flush, now)
             .or((at_end && !ps.buffer.is_empty()).then_some(FlushReason::Drain));
         if let Some(job) = reason.and_then(|reason| take_job(tp, ps, reason)) {
             started.push((tp.clone(), job, 0));
@@ -1163,7 +1167,7 @@ fn spawn_flush_attempt(
 /// within `shutdown.drainTimeout`. A redo still missing records is left for the next
 /// start.
 async fn drain(core: &Arc<Core>, consumer: &Arc<SinkConsumer>) {
-    let deadline = Instant::now() + core.spec.shutdown.drain_timeout;
+    let deadline = Instant::now() + core.settings.shutdown.drain_timeout;
     loop {
         let mut started = Vec::new();
         let busy;

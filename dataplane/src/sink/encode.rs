@@ -24,7 +24,8 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde_json::{Map, Value as Json, json};
-use weir_crds::sink::{Compression, EventTime, FileFormat, Granularity, PayloadEncoding, SinkSpec};
+use weir_crds::settings::SinkSettings;
+use weir_crds::sink::{Compression, EventTime, FileFormat, Granularity, PayloadEncoding};
 
 use super::buffer::SinkRecord;
 use super::columns::{MessageColumns, UTC, timestamp_type};
@@ -149,7 +150,7 @@ pub struct Encoder {
 
 impl Encoder {
     /// Builds the encoder, loading the descriptor set if the spec names one.
-    pub fn new(spec: &SinkSpec) -> Result<Self, SchemaError> {
+    pub fn new(spec: &SinkSettings) -> Result<Self, SchemaError> {
         let pool = match &spec.schema.descriptor_set {
             Some(path) => Some(load_descriptor_set(path)?),
             None => None,
@@ -158,7 +159,10 @@ impl Encoder {
     }
 
     /// Builds the encoder with an already loaded descriptor pool.
-    pub fn with_pool(spec: &SinkSpec, pool: Option<&DescriptorPool>) -> Result<Self, SchemaError> {
+    pub fn with_pool(
+        spec: &SinkSettings,
+        pool: Option<&DescriptorPool>,
+    ) -> Result<Self, SchemaError> {
         let mut types = HashMap::new();
         for (event_type, schema) in &spec.schema.types {
             let pool = pool.ok_or(SchemaError::NoDescriptorSet)?;
@@ -522,6 +526,11 @@ fn jsonl(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_crds::SinkSpec;
+
+    fn settings(spec: SinkSpec) -> SinkSettings {
+        SinkSettings::try_from(spec).expect("a valid spec")
+    }
     use arrow_array::cast::AsArray;
     use arrow_array::types::{
         Float32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType, UInt32Type,
@@ -542,8 +551,11 @@ mod tests {
         DescriptorPool::decode(set.encode_to_vec().as_slice()).unwrap()
     }
 
+    /// A spec typing `page_view`; its descriptor set is the pool the tests pass to
+    /// `with_pool`, so the file named here is never read.
     fn spec_for(encoding: PayloadEncoding) -> SinkSpec {
         let mut spec = SinkSpec::default();
+        spec.schema.descriptor_set = Some("given-as-a-pool.binpb".into());
         spec.schema.types.insert(
             "page_view".into(),
             TypeSchema {
@@ -599,7 +611,8 @@ mod tests {
     fn every_protobuf_type_becomes_its_column() {
         let pool = shop_pool();
         let encoder =
-            Encoder::with_pool(&spec_for(PayloadEncoding::Protobuf), Some(&pool)).unwrap();
+            Encoder::with_pool(&settings(spec_for(PayloadEncoding::Protobuf)), Some(&pool))
+                .unwrap();
         let full = full_page_view(&pool).encode_to_vec();
         let empty = Vec::new();
         let records = [
@@ -720,7 +733,8 @@ mod tests {
     #[test]
     fn json_payloads_decode_with_the_same_descriptors() {
         let pool = shop_pool();
-        let encoder = Encoder::with_pool(&spec_for(PayloadEncoding::Json), Some(&pool)).unwrap();
+        let encoder =
+            Encoder::with_pool(&settings(spec_for(PayloadEncoding::Json)), Some(&pool)).unwrap();
         let records = [
             record(
                 0,
@@ -772,7 +786,8 @@ mod tests {
     fn a_bad_protobuf_payload_is_dead_lettered_with_the_reason() {
         let pool = shop_pool();
         let encoder =
-            Encoder::with_pool(&spec_for(PayloadEncoding::Protobuf), Some(&pool)).unwrap();
+            Encoder::with_pool(&settings(spec_for(PayloadEncoding::Protobuf)), Some(&pool))
+                .unwrap();
         let records = [
             record(0, "page_view", vec![0xff, 0xff, 0xff]),
             record(1, "other", b"raw".to_vec()),
@@ -796,7 +811,7 @@ mod tests {
 
     #[test]
     fn a_range_splits_by_type_and_hour_and_encodes_deterministically() {
-        let encoder = Encoder::new(&SinkSpec::default()).unwrap();
+        let encoder = Encoder::new(&settings(SinkSpec::default())).unwrap();
         let hour = 3_600_000_000;
         let mut records = Vec::new();
         for (offset, (event_type, t)) in [("a", 0), ("b", 0), ("a", hour), ("a", 1)]
@@ -840,7 +855,7 @@ mod tests {
     fn json_lines_carry_metadata_and_payloads() {
         let mut spec = SinkSpec::default();
         spec.format.kind = FileFormat::Jsonl;
-        let encoder = Encoder::new(&spec).unwrap();
+        let encoder = Encoder::new(&settings(spec)).unwrap();
         let records = [
             record(0, "a", br#"{"x":1}"#.to_vec()),
             record(1, "a", vec![0xff]),
@@ -870,7 +885,7 @@ mod tests {
         let pool = shop_pool();
         let mut spec = spec_for(PayloadEncoding::Protobuf);
         spec.schema.types.get_mut("page_view").unwrap().message = "shop.v1.Nope".into();
-        let error = Encoder::with_pool(&spec, Some(&pool))
+        let error = Encoder::with_pool(&settings(spec), Some(&pool))
             .err()
             .unwrap()
             .to_string();

@@ -5,7 +5,7 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::telemetry::{BoundedLabels, LABEL_LIMIT};
+use weir_runtime::telemetry::{BoundedLabels, LABEL_LIMIT};
 
 /// Every sink metric, registered in one registry.
 pub struct SinkMetrics {

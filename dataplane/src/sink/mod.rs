@@ -44,7 +44,6 @@
 pub mod audit;
 pub mod buffer;
 pub mod columns;
-pub mod config;
 pub mod consume;
 pub mod encode;
 pub mod failpoint;

@@ -13,9 +13,10 @@ use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use weir::gateway::Gateway;
-use weir::kafka::EmbeddedKafka;
 use weir_crds::PipelineSpec;
+use weir_crds::settings::GatewaySettings;
 use weir_proto::{Event, SendEventRequest, SendEventResponse};
+use weir_runtime::kafka::EmbeddedKafka;
 
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -36,7 +37,9 @@ pub async fn start(configure: impl FnOnce(&mut PipelineSpec)) -> (EmbeddedKafka,
     let kafka = EmbeddedKafka::start(1).expect("embedded Kafka");
     let mut spec = spec(&kafka.bootstrap_servers());
     configure(&mut spec);
-    let gateway = Gateway::start(spec).await.expect("gateway starts");
+    let gateway = Gateway::start(GatewaySettings::try_from(spec).unwrap())
+        .await
+        .expect("gateway starts");
     (kafka, gateway)
 }
 

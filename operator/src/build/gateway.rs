@@ -74,7 +74,8 @@ pub fn build(pipeline: &IngestPipeline, defaults: &Defaults) -> Result<Vec<Child
     let owner = Owner::of(pipeline);
     let spec = &pipeline.spec.pipeline;
     let workload = &pipeline.spec.workload;
-    weir::config::validate(spec).map_err(InvalidSpec::from_config)?;
+    weir_crds::settings::GatewaySettings::try_from(spec.clone())
+        .map_err(InvalidSpec::from_config)?;
     if spec.routing.file.is_some() {
         return Err(InvalidSpec::new(
             "routing.file",

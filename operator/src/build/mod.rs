@@ -69,9 +69,9 @@ impl InvalidSpec {
     }
 
     /// A data-plane configuration error, which already names its field.
-    pub(crate) fn from_config(error: weir::config::ConfigError) -> Self {
+    pub(crate) fn from_config(error: weir_crds::config::ConfigError) -> Self {
         match error {
-            weir::config::ConfigError::Invalid { field, message } => Self { field, message },
+            weir_crds::config::ConfigError::Invalid { field, message } => Self { field, message },
             other => Self::new("", other.to_string()),
         }
     }
@@ -333,7 +333,10 @@ fn pod_security() -> PodSecurityContext {
 fn kafka_secret_env(secret: Option<&String>) -> Option<Vec<EnvFromSource>> {
     secret.map(|name| {
         vec![EnvFromSource {
-            prefix: Some(format!("{}KAFKA__PROPERTIES__", weir::config::ENV_PREFIX)),
+            prefix: Some(format!(
+                "{}KAFKA__PROPERTIES__",
+                weir_crds::config::ENV_PREFIX
+            )),
             secret_ref: Some(SecretEnvSource {
                 name: name.clone(),
                 optional: Some(false),

@@ -83,7 +83,7 @@ pub fn build(
     let owner = Owner::of(binding);
     let workload = &binding.spec.workload;
     let spec = effective_spec(binding, pipeline);
-    weir::sink::config::validate(&spec).map_err(InvalidSpec::from_config)?;
+    weir_crds::settings::SinkSettings::try_from(spec.clone()).map_err(InvalidSpec::from_config)?;
     if !REMOTE_SCHEMES
         .iter()
         .any(|s| spec.storage.url.starts_with(s))

@@ -1,21 +1,79 @@
-//! Checks of a [`SinkSpec`] that the types alone cannot make.
+//! The sink's settings: a [`SinkSpec`] checked once. The sink reads nothing else; the
+//! operator builds the same settings to validate a binding before it deploys it.
 
-use weir_crds::SinkSpec;
-use weir_crds::sink::{Compression, FileFormat};
+use std::collections::HashSet;
+use std::net::SocketAddr;
 
-use crate::config::parse::{ConfigError, invalid};
+use crate::SinkSpec;
+use crate::config::{ConfigError, invalid};
+use crate::pipeline::{KafkaSpec, ShutdownSpec};
+use crate::sink::{
+    Compression, DeadLetterSpec, FileFormat, FlushSpec, FormatSpec, LayoutSpec, SchemaSpec,
+    SinkMode, SourceSpec, StorageSpec,
+};
 
-/// Checks the spec; the descriptor set is checked when the encoder loads it.
-pub fn validate(spec: &SinkSpec) -> Result<(), ConfigError> {
-    spec.listen
-        .metrics
-        .parse::<std::net::SocketAddr>()
-        .map_err(|e| {
-            invalid(
-                "listen.metrics",
-                format!("{:?} is not host:port ({e})", spec.listen.metrics),
-            )
-        })?;
+/// A sink spec, checked.
+#[derive(Clone, Debug)]
+pub struct SinkSettings {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+    /// The brokers and client properties.
+    pub kafka: KafkaSpec,
+    /// The consumer group, its topics, and what to do when a log goes back.
+    pub source: SourceSpec,
+    /// `source.eventTypes` as a set; empty keeps every type.
+    pub event_types: HashSet<String>,
+    /// The object store written to.
+    pub storage: StorageSpec,
+    /// File format and compression.
+    pub format: FormatSpec,
+    /// How file paths are partitioned.
+    pub layout: LayoutSpec,
+    /// When a partition's buffer is written.
+    pub flush: FlushSpec,
+    /// Typed decoding of protobuf payloads.
+    pub schema: SchemaSpec,
+    /// Where records that cannot be encoded go.
+    pub dead_letter: DeadLetterSpec,
+    /// Continuous, or one batch up to the end offsets seen at start.
+    pub mode: SinkMode,
+    /// Draining on stop.
+    pub shutdown: ShutdownSpec,
+}
+
+impl TryFrom<SinkSpec> for SinkSettings {
+    type Error = ConfigError;
+
+    fn try_from(spec: SinkSpec) -> Result<Self, ConfigError> {
+        let metrics_addr = super::parse_addr("listen.metrics", &spec.listen.metrics)?;
+        check(&spec)?;
+        Ok(Self {
+            metrics_addr,
+            event_types: spec.source.event_types.iter().cloned().collect(),
+            kafka: spec.kafka,
+            source: spec.source,
+            storage: spec.storage,
+            format: spec.format,
+            layout: spec.layout,
+            flush: spec.flush,
+            schema: spec.schema,
+            dead_letter: spec.dead_letter,
+            mode: spec.mode,
+            shutdown: spec.shutdown,
+        })
+    }
+}
+
+impl SinkSettings {
+    /// Whether records of `event_type` are written (`source.eventTypes`).
+    pub fn keeps(&self, event_type: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.contains(event_type)
+    }
+}
+
+/// Checks what the types alone cannot, except the metrics address, which is checked by
+/// parsing it; the descriptor set is checked when the encoder loads it.
+fn check(spec: &SinkSpec) -> Result<(), ConfigError> {
     if spec.kafka.bootstrap_servers.trim().is_empty() {
         return Err(invalid(
             "kafka.bootstrapServers",
@@ -41,7 +99,7 @@ pub fn validate(spec: &SinkSpec) -> Result<(), ConfigError> {
         ));
     }
     for (i, topic) in spec.source.topics.iter().enumerate() {
-        weir_crds::kafka_names::check_topic_name(topic)
+        crate::kafka_names::check_topic_name(topic)
             .map_err(|m| invalid(&format!("source.topics[{i}]"), m))?;
     }
     if spec.storage.url.trim().is_empty() {
@@ -90,8 +148,7 @@ pub fn validate(spec: &SinkSpec) -> Result<(), ConfigError> {
         ));
     }
     if let Some(topic) = &spec.dead_letter.topic {
-        weir_crds::kafka_names::check_topic_name(topic)
-            .map_err(|m| invalid("deadLetter.topic", m))?;
+        crate::kafka_names::check_topic_name(topic).map_err(|m| invalid("deadLetter.topic", m))?;
     }
     if !spec.schema.types.is_empty() && spec.schema.descriptor_set.is_none() {
         return Err(invalid(
@@ -105,11 +162,13 @@ pub fn validate(spec: &SinkSpec) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse::from_yaml_str;
+    use crate::config::from_yaml_str;
 
     fn check(yaml: &str) -> Result<(), String> {
         let spec: SinkSpec = from_yaml_str(yaml).map_err(|e| e.to_string())?;
-        validate(&spec).map_err(|e| e.to_string())
+        SinkSettings::try_from(spec)
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     #[test]

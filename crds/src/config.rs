@@ -1,46 +1,99 @@
-//! Configuration: one YAML file plus environment overrides, validated once at start.
+//! Configuration text: one YAML file plus environment overrides, read into typed specs,
+//! and the error every configuration check returns.
 //!
 //! The file is either a bare spec ([`PipelineSpec`] for the gateway, [`SinkSpec`] for the
 //! sink) or a Kubernetes manifest of kind `IngestPipeline` / `SinkBinding`, whose `spec`
-//! is used (minus `workload` and `pipelineRef`, which only the operator reads). Environment variables named `WEIR__<PATH>` override single fields:
-//! `__` separates levels and snake_case segments become camelCase, so
+//! is used (minus `workload` and `pipelineRef`, which only the operator reads).
+//! Environment variables named `WEIR__<PATH>` override single fields: `__` separates
+//! levels and snake_case segments become camelCase, so
 //! `WEIR__KAFKA__BOOTSTRAP_SERVERS=broker:9092` sets `kafka.bootstrapServers`. A segment
 //! containing a `.` is kept verbatim (`WEIR__KAFKA__PROPERTIES__linger.ms=5`). Values are
 //! read as YAML scalars: quote a number that must stay a string.
+//!
+//! Reading only parses; [`crate::settings`] checks what the types alone cannot, once.
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
-use weir_crds::{PipelineSpec, SinkSpec};
 
-pub mod parse;
-use parse::from_value;
-pub(crate) use parse::invalid;
-pub use parse::{ConfigError, from_yaml_str};
+use crate::{PipelineSpec, SinkSpec};
+
+/// A configuration that cannot be used, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML or one of its fields is malformed.
+    #[error("{0}")]
+    Parse(String),
+    /// A field holds a value that cannot work.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field, as a path in the spec.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Deserializes YAML text into `T`, naming the path of a field that does not fit.
+pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    crate::yaml::check_nesting(text).map_err(ConfigError::Parse)?;
+    let value: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    from_value(value)
+}
+
+fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
+    // An empty file is an empty mapping: every field takes its default.
+    let value = if value.is_null() {
+        Value::Mapping(Mapping::new())
+    } else {
+        value
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ConfigError::Parse(e.into_inner().to_string())
+        } else {
+            ConfigError::Parse(format!("{path}: {}", e.into_inner()))
+        }
+    })
+}
+
+/// The error for a field whose value cannot work.
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
 
 /// The prefix of override variables.
 pub const ENV_PREFIX: &str = "WEIR__";
 
-/// Loads the pipeline spec from an optional file and the given environment.
-pub fn load_pipeline(
+/// Reads the pipeline spec from an optional file and the given environment. The spec
+/// is checked when it becomes [`crate::settings::GatewaySettings`].
+pub fn read_pipeline(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<PipelineSpec, ConfigError> {
-    let value = load_value(path, env, "IngestPipeline")?;
-    let spec: PipelineSpec = from_value(value)?;
-    validate(&spec)?;
-    Ok(spec)
+    from_value(load_value(path, env, "IngestPipeline")?)
 }
 
-/// Loads the sink spec from an optional file and the given environment.
-pub fn load_sink(
+/// Reads the sink spec from an optional file and the given environment. The spec is
+/// checked when it becomes [`crate::settings::SinkSettings`].
+pub fn read_sink(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<SinkSpec, ConfigError> {
-    let value = load_value(path, env, "SinkBinding")?;
-    let spec: SinkSpec = from_value(value)?;
-    crate::sink::config::validate(&spec)?;
-    Ok(spec)
+    from_value(load_value(path, env, "SinkBinding")?)
 }
 
 /// The spec as YAML: the file's (bare or from a manifest of `kind`) with the
@@ -56,7 +109,7 @@ fn load_value(
                 path: path.display().to_string(),
                 source,
             })?;
-            weir_crds::yaml::check_nesting(&text)
+            crate::yaml::check_nesting(&text)
                 .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
             let value: Value = serde_yaml::from_str(&text)
                 .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
@@ -91,8 +144,8 @@ fn spec_of(value: Value, kind: &str) -> Result<Value, ConfigError> {
     }
     let mut spec = doc.remove("spec").unwrap_or(Value::Mapping(Mapping::new()));
     if let Value::Mapping(map) = &mut spec {
-        map.remove(weir_crds::WORKLOAD_KEY);
-        map.remove(weir_crds::PIPELINE_REF_KEY);
+        map.remove(crate::WORKLOAD_KEY);
+        map.remove(crate::PIPELINE_REF_KEY);
     }
     Ok(spec)
 }
@@ -122,7 +175,7 @@ fn apply_env_overrides(value: &mut Value, env: impl IntoIterator<Item = (String,
             continue;
         };
         let segments: Vec<String> = path.split("__").map(camel_case).collect();
-        let parsed = match weir_crds::yaml::check_nesting(&raw) {
+        let parsed = match crate::yaml::check_nesting(&raw) {
             Ok(()) => serde_yaml::from_str::<Value>(&raw).unwrap_or(Value::String(raw)),
             Err(_) => Value::String(raw),
         };
@@ -145,146 +198,6 @@ fn set_path(node: &mut Value, segments: &[String], leaf: Value) {
     set_path(child, rest, leaf);
 }
 
-/// Checks what the types alone cannot.
-pub fn validate(spec: &PipelineSpec) -> Result<(), ConfigError> {
-    for (field, addr) in [
-        ("listen.http", &spec.listen.http),
-        ("listen.grpc", &spec.listen.grpc),
-        ("listen.metrics", &spec.listen.metrics),
-    ] {
-        addr.parse::<std::net::SocketAddr>()
-            .map_err(|e| invalid(field, format!("{addr:?} is not host:port ({e})")))?;
-    }
-    if spec.kafka.bootstrap_servers.trim().is_empty() {
-        return Err(invalid(
-            "kafka.bootstrapServers",
-            "must name at least one broker",
-        ));
-    }
-    let timeout = spec.kafka.delivery_timeout;
-    if timeout.is_zero() || timeout.as_millis() > i32::MAX as u128 {
-        return Err(invalid(
-            "kafka.deliveryTimeout",
-            "must be between 1ms and 24 days",
-        ));
-    }
-    let limits = &spec.limits;
-    for (field, value) in [
-        ("limits.maxBatchBytes", limits.max_batch_bytes),
-        ("limits.maxEventsPerBatch", limits.max_events_per_batch),
-        ("limits.maxInflightBytes", limits.max_inflight_bytes),
-        (
-            "limits.maxInflightBatchesPerConnection",
-            limits.max_inflight_batches_per_connection,
-        ),
-        ("websocket.maxConnections", spec.websocket.max_connections),
-        ("limits.maxConnections", limits.max_connections),
-    ] {
-        if value == 0 {
-            return Err(invalid(field, "must be greater than 0"));
-        }
-    }
-    // Byte budgets held as semaphore permits, which are u32.
-    for (field, value) in [
-        (
-            "limits.maxInflightBytesPerConnection",
-            limits.max_inflight_bytes_per_connection,
-        ),
-        (
-            "websocket.maxQueuedAnswerBytes",
-            spec.websocket.max_queued_answer_bytes,
-        ),
-        (
-            "websocket.maxQueuedAnswerBytesTotal",
-            spec.websocket.max_queued_answer_bytes_total,
-        ),
-    ] {
-        if value == 0 || value > u32::MAX as usize {
-            return Err(invalid(field, "must be between 1 byte and 4 GiB"));
-        }
-    }
-    for (field, value) in [
-        ("limits.headerReadTimeout", limits.header_read_timeout),
-        (
-            "limits.idleConnectionTimeout",
-            limits.idle_connection_timeout,
-        ),
-        ("limits.writeTimeout", limits.write_timeout),
-        ("limits.readTimeout", limits.read_timeout),
-    ] {
-        if value.is_zero() {
-            return Err(invalid(field, "must be greater than 0"));
-        }
-    }
-    let longest_call = limits.read_timeout
-        + limits.admission_timeout
-        + spec.kafka.delivery_timeout
-        + crate::gateway::ingest::DELIVERY_GRACE;
-    if limits.idle_connection_timeout <= longest_call {
-        return Err(invalid(
-            "limits.idleConnectionTimeout",
-            format!(
-                "must be longer than the longest call ({longest_call:?}: limits.readTimeout + limits.admissionTimeout + kafka.deliveryTimeout + 5s), or a client waiting for its answer would be disconnected"
-            ),
-        ));
-    }
-    if limits.max_batch_bytes > limits.max_inflight_bytes {
-        return Err(invalid(
-            "limits.maxBatchBytes",
-            format!(
-                "{} is larger than limits.maxInflightBytes ({}), so such a batch could never be admitted",
-                limits.max_batch_bytes, limits.max_inflight_bytes
-            ),
-        ));
-    }
-    if limits.max_batch_bytes > u32::MAX as usize {
-        return Err(invalid("limits.maxBatchBytes", "must be below 4 GiB"));
-    }
-    if spec.websocket.ping_interval.is_zero() {
-        return Err(invalid("websocket.pingInterval", "must be greater than 0"));
-    }
-    if spec.websocket.idle_timeout <= spec.websocket.ping_interval {
-        return Err(invalid(
-            "websocket.idleTimeout",
-            "must be longer than websocket.pingInterval, or live clients would be closed",
-        ));
-    }
-    if let Some(i) = spec.auth.tokens.iter().position(|t| t.trim().is_empty()) {
-        return Err(invalid(
-            &format!("auth.tokens[{i}]"),
-            "is empty; a blank token would let a request with an empty credential in",
-        ));
-    }
-    if spec.identity.id_header.trim().is_empty() {
-        return Err(invalid("identity.idHeader", "must not be empty"));
-    }
-    if spec.topics.len() > weir_crds::pipeline::MAX_TOPICS {
-        return Err(invalid(
-            "topics",
-            format!(
-                "lists {} topics; at most {} are allowed",
-                spec.topics.len(),
-                weir_crds::pipeline::MAX_TOPICS
-            ),
-        ));
-    }
-    for (i, topic) in spec.topics.iter().enumerate() {
-        weir_crds::kafka_names::check_topic_name(&topic.name)
-            .map_err(|m| invalid(&format!("topics[{i}].name"), m))?;
-        if topic.partitions < 1 {
-            return Err(invalid(
-                &format!("topics[{i}].partitions"),
-                "must be at least 1",
-            ));
-        }
-    }
-    if spec.routing.file.is_none() {
-        crate::gateway::route::RoutingTable::compile(&spec.routing)
-            .map_err(|e| invalid(&e.field, e.message))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,29 +208,33 @@ mod tests {
         let path = dir.path().join("deep.yaml");
         std::fs::write(&path, format!("limits: {}", "[".repeat(100_000))).unwrap();
         let started = std::time::Instant::now();
-        let error = load_pipeline(Some(&path), []).unwrap_err().to_string();
+        let error = read_pipeline(Some(&path), []).unwrap_err().to_string();
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         assert!(
             error.contains("line 1: YAML nested deeper than 64 levels"),
             "{error}"
         );
     }
+    use crate::pipeline::AckMode;
+    use crate::settings::GatewaySettings;
     use std::time::Duration;
-    use weir_crds::pipeline::AckMode;
 
+    /// Reads and checks a pipeline spec, as the gateway does.
     fn load_text(text: &str, env: &[(&str, &str)]) -> Result<PipelineSpec, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, text).unwrap();
-        load_pipeline(
+        let spec = read_pipeline(
             Some(&path),
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
+        )?;
+        GatewaySettings::try_from(spec.clone())?;
+        Ok(spec)
     }
 
     #[test]
     fn defaults_match_raccoon() {
-        let spec = load_pipeline(None, []).unwrap();
+        let spec = read_pipeline(None, []).unwrap();
         assert_eq!(spec.listen.http, "0.0.0.0:8080");
         assert_eq!(spec.listen.grpc, "0.0.0.0:8081");
         assert_eq!(spec.listen.metrics, "0.0.0.0:9090");
@@ -411,7 +328,7 @@ mod tests {
             let err = load_text(text, env).unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should contain {needle:?}");
         }
-        let err = load_pipeline(Some(Path::new("/nonexistent/weir.yaml")), []).unwrap_err();
+        let err = read_pipeline(Some(Path::new("/nonexistent/weir.yaml")), []).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/weir.yaml"));
     }
 }
@@ -422,7 +339,9 @@ mod example_tests {
     fn shipped_example_pipeline_loads() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pipeline.yaml");
-        let spec = super::load_pipeline(Some(&path), []).expect("examples/pipeline.yaml is valid");
+        let spec = super::read_pipeline(Some(&path), []).unwrap();
+        crate::settings::GatewaySettings::try_from(spec.clone())
+            .expect("examples/pipeline.yaml is valid");
         assert_eq!(spec.topics.len(), 3);
         assert_eq!(spec.kafka.properties["linger.ms"], "5");
     }
@@ -430,7 +349,8 @@ mod example_tests {
     #[test]
     fn shipped_example_sink_loads_without_the_operator_keys() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sink.yaml");
-        let spec = super::load_sink(Some(&path), []).expect("examples/sink.yaml is valid");
+        let spec = super::read_sink(Some(&path), []).unwrap();
+        crate::settings::SinkSettings::try_from(spec.clone()).expect("examples/sink.yaml is valid");
         assert_eq!(spec.source.group_id, "clickstream-parquet");
         assert_eq!(spec.storage.url, "s3://analytics/events");
         assert!(!spec.storage.path_style);
@@ -441,12 +361,12 @@ mod example_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.yaml");
         std::fs::write(&path, "kind: IngestPipeline\nspec: {}\n").unwrap();
-        let error = super::load_sink(Some(&path), []).unwrap_err().to_string();
+        let error = super::read_sink(Some(&path), []).unwrap_err().to_string();
         assert_eq!(
             error,
             "kind: expected SinkBinding, found String(\"IngestPipeline\")"
         );
-        let spec = super::load_sink(
+        let spec = super::read_sink(
             None,
             [("WEIR__FLUSH__MAX_AGE".to_string(), "10s".to_string())],
         )
