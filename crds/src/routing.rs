@@ -347,7 +347,7 @@ mod tests {
             ),
         ];
         for (spec, field) in cases {
-            let err = RoutingTable::compile(&spec).err().expect("must fail");
+            let err = RoutingTable::compile(&spec).expect_err("must fail");
             assert_eq!(err.field, field, "{err}");
         }
     }

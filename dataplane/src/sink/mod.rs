@@ -1,8 +1,9 @@
 //! The sink: Kafka topics into files in an object store, each record exactly once.
 //!
-//! Data path: consume ([`consume`]: the consumer, its rebalance hook) → buffer
+//! Data path: consume ([`consume`]: the consumer loop; [`rebalance`]: its hook) →
+//! partition state ([`partition`], [`partitions`]: pure, decides ranges) → buffer
 //! ([`buffer`]) → encode ([`encode`], [`columns`], [`layout`]) → upload ([`upload`]) →
-//! commit ([`progress`], then the Kafka offset).
+//! commit ([`progress`], then the Kafka offset). [`service`] starts and stops it.
 //!
 //! # Guarantee: every record lands in exactly one committed file
 //!
@@ -50,7 +51,12 @@ pub mod failpoint;
 pub mod flush;
 pub mod layout;
 pub mod metrics;
+pub mod partition;
+pub mod partitions;
 pub mod progress;
+mod rebalance;
+pub mod service;
 pub mod upload;
 
-pub use consume::{Sink, SinkReport};
+pub use partitions::SinkReport;
+pub use service::Sink;

@@ -112,7 +112,7 @@ pub enum Claim {
 }
 
 /// Where a partition resumes.
-#[derive(Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Recovery {
     /// The next offset to consume; `None` when no range was ever flushed (Kafka's
     /// committed offset or `auto.offset.reset` decides).
@@ -128,6 +128,29 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// The recovery the newest marker gives, with whether all its files exist; without
+    /// a marker, Kafka's committed offset decides. A complete marker resumes after its
+    /// range; an incomplete one is redone (`start..=end` again).
+    pub fn from_newest(newest: Option<(ProgressMarker, bool)>, committed: Option<i64>) -> Self {
+        let Some((marker, complete)) = newest else {
+            return Self {
+                resume: committed,
+                ..Self::default()
+            };
+        };
+        let mut recovery = Self {
+            resume: Some(marker.end + 1),
+            redo: None,
+            generation: marker.generation,
+            written: Some((marker.end, marker.last)),
+        };
+        if !complete {
+            recovery.resume = Some(marker.start);
+            recovery.redo = Some(marker);
+        }
+        recovery
+    }
+
     /// Compares the partition's log (its start and end offsets) with what was written.
     pub fn check_log(&self, log_start: i64, log_end: i64) -> LogCheck {
         if let Some((written_end, _)) = self.written
@@ -241,31 +264,22 @@ pub async fn recover(
         .filter_map(|m| Some((layout::marker_start(m.location.as_ref())?, &m.location)))
         .max_by_key(|(start, _)| *start);
     let Some((_, location)) = latest else {
-        return Ok(Recovery {
-            resume: committed,
-            ..Recovery::default()
-        });
+        return Ok(Recovery::from_newest(None, committed));
     };
     let marker = read(storage, location).await?;
-    let mut recovery = Recovery {
-        resume: Some(marker.end + 1),
-        redo: None,
-        generation: marker.generation,
-        written: Some((marker.end, marker.last)),
-    };
+    let mut complete = true;
     for file in &marker.files {
         let path = storage.path(file);
         match storage.store.head(&path).await {
             Ok(_) => {}
             Err(object_store::Error::NotFound { .. }) => {
-                recovery.resume = Some(marker.start);
-                recovery.redo = Some(marker);
-                return Ok(recovery);
+                complete = false;
+                break;
             }
             Err(e) => return Err(StoreError::request("check", &path, e)),
         }
     }
-    Ok(recovery)
+    Ok(Recovery::from_newest(Some((marker, complete)), committed))
 }
 
 #[cfg(test)]
