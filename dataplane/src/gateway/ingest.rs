@@ -22,7 +22,7 @@ use weir_proto::{Code, SendEventRequest, SendEventResponse};
 use super::ack::{self, Rejection};
 use super::identity::Identity;
 use super::metrics::Metrics;
-use super::publish::{BatchContext, Outgoing, Publisher};
+use super::publish::{BatchContext, EventLog, Outgoing};
 use super::route::{Route, Router};
 
 /// The transport a batch came in on, for metrics.
@@ -49,7 +49,7 @@ impl Transport {
 /// Processes batches; shared by every transport.
 pub struct Ingestor {
     router: Arc<Router>,
-    publisher: Arc<Publisher>,
+    publisher: Arc<dyn EventLog>,
     metrics: Arc<Metrics>,
     inflight: Semaphore,
     admission_timeout: Duration,
@@ -61,7 +61,7 @@ impl Ingestor {
     /// A new ingestor.
     pub fn new(
         router: Arc<Router>,
-        publisher: Arc<Publisher>,
+        publisher: Arc<dyn EventLog>,
         metrics: Arc<Metrics>,
         settings: &GatewaySettings,
     ) -> Self {
@@ -152,7 +152,7 @@ impl Ingestor {
             }
         }
         let connection_key = identity.id.as_deref().map(str::as_bytes);
-        let outgoing = routed.iter().map(|(index, topic, reason)| {
+        let mut outgoing = routed.iter().map(|(index, topic, reason)| {
             let event = &request.events[*index];
             let key = if event.partition_key.is_empty() {
                 connection_key
@@ -174,7 +174,7 @@ impl Ingestor {
             sent_time_micros,
             received_at,
         };
-        let pending = self.publisher.publish(outgoing, &context);
+        let pending = self.publisher.publish(&mut outgoing, &context);
         let delivery_failures = match self.acks {
             AckMode::Sync => pending.wait(self.ack_deadline).await,
             AckMode::Async => pending.enqueue_failures(),
@@ -216,7 +216,7 @@ impl Ingestor {
     pub fn sample_queue_depth(&self) {
         self.metrics
             .producer_queue
-            .set(i64::from(self.publisher.in_flight()));
+            .set(i64::try_from(self.publisher.in_flight()).unwrap_or(i64::MAX));
     }
 }
 
@@ -274,5 +274,74 @@ mod tests {
                 "{seconds} {nanos}"
             );
         }
+    }
+
+    /// A log that fails the events at the given indices and delivers the rest.
+    struct FailingLog(Vec<u32>);
+
+    impl EventLog for FailingLog {
+        fn publish(
+            &self,
+            outgoing: &mut dyn ExactSizeIterator<Item = Outgoing<'_>>,
+            _context: &BatchContext<'_>,
+        ) -> super::super::publish::PendingBatch {
+            use super::super::publish::{BatchState, PendingBatch};
+            let state = BatchState::new(outgoing.len());
+            let indices: Vec<u32> = outgoing.map(|e| e.index as u32).collect();
+            for &index in indices.iter().filter(|i| self.0.contains(i)) {
+                state.fail(ack::event_failure(
+                    index as usize,
+                    Code::Unavailable,
+                    "shard busy",
+                ));
+            }
+            state.settle(indices.len());
+            PendingBatch::new(state, indices)
+        }
+
+        fn in_flight(&self) -> usize {
+            0
+        }
+
+        fn flush(&self, _: Duration) -> Result<(), super::super::publish::LogError> {
+            Ok(())
+        }
+
+        fn check_reachable(&self, _: Duration) -> Result<(), super::super::publish::LogError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn any_event_log_settles_each_event_of_a_batch_once() {
+        let settings = GatewaySettings::try_from(weir_crds::PipelineSpec::default()).unwrap();
+        let weir_crds::settings::RoutingSource::Inline(table) = &settings.routing else {
+            unreachable!("the default routes inline")
+        };
+        let ingestor = Ingestor::new(
+            Arc::new(Router::new(table.clone())),
+            Arc::new(FailingLog(vec![1])),
+            Arc::new(Metrics::new()),
+            &settings,
+        );
+        let event = |t: &str| weir_proto::Event {
+            r#type: t.into(),
+            event_bytes: b"{}".to_vec().into(),
+            ..Default::default()
+        };
+        let request = SendEventRequest {
+            req_guid: "g".into(),
+            events: vec![event("click"), event("view"), event("bad type!")],
+            ..Default::default()
+        };
+        let identity = Identity {
+            id: None,
+            group: "g".into(),
+        };
+        let answer = ingestor
+            .ingest(&identity, request, 10, Transport::Http, Instant::now())
+            .await;
+        let failed: Vec<u32> = answer.event_results.iter().map(|f| f.index).collect();
+        assert_eq!(failed, vec![1, 2], "{answer:?}");
     }
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod json;
+pub mod kafka_log;
 pub mod listener;
 pub mod metrics;
 pub mod ops;
@@ -38,9 +39,10 @@ use weir_crds::settings::{GatewaySettings, RoutingSource};
 
 use identity::{Authenticator, ConnectionRegistry};
 use ingest::Ingestor;
+use kafka_log::KafkaLog;
 use metrics::Metrics;
 use ops::Health;
-use publish::Publisher;
+use publish::EventLog;
 use route::Router;
 
 /// State every transport shares.
@@ -68,7 +70,7 @@ pub struct Shared {
 /// A running gateway.
 pub struct Gateway {
     shared: Arc<Shared>,
-    publisher: Arc<Publisher>,
+    publisher: Arc<dyn EventLog>,
     /// The bound HTTP/WebSocket address.
     pub http_addr: SocketAddr,
     /// The bound gRPC address.
@@ -97,7 +99,7 @@ impl Gateway {
         };
         let router = Arc::new(Router::new(table));
         let publisher = Arc::new(
-            Publisher::new(
+            KafkaLog::new(
                 &weir_runtime::kafka::producer_config(&spec.kafka),
                 metrics.clone(),
             )

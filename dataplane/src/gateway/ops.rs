@@ -17,7 +17,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::publish::Publisher;
+use super::publish::EventLog;
 
 /// How often Kafka reachability is checked.
 pub const KAFKA_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -56,15 +56,12 @@ impl Health {
     }
 }
 
-/// Checks Kafka metadata until `stop`.
-pub async fn watch_kafka(publisher: Arc<Publisher>, health: Arc<Health>, stop: CancellationToken) {
+/// Checks that the log answers until `stop`.
+pub async fn watch_kafka(log: Arc<dyn EventLog>, health: Arc<Health>, stop: CancellationToken) {
     loop {
-        let client = publisher.clone();
+        let log = log.clone();
         let result = tokio::task::spawn_blocking(move || {
-            client
-                .client()
-                .fetch_metadata(None, KAFKA_CHECK_INTERVAL)
-                .map(|_| ())
+            log.check_reachable(KAFKA_CHECK_INTERVAL)
                 .map_err(|e| e.to_string())
         })
         .await
