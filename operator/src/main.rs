@@ -81,6 +81,9 @@ fn replica_identity() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Builds that link rustls (test builds do, through dev dependencies) must name a
+    // crypto provider before the first TLS connection.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => {

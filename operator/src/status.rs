@@ -6,6 +6,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::topics::TopicState;
+
 /// The condition `kubectl wait --for=condition=Ready` and Argo CD health checks read.
 pub const READY: &str = "Ready";
 /// Whether the pipeline's topics exist with at least their partitions.
@@ -110,6 +112,88 @@ pub fn invalid_spec(error: &crate::build::InvalidSpec) -> Observed {
     Observed::new(READY, false, "InvalidSpec", error.to_string())
 }
 
+/// Ready=False because `spec.pipelineRef` names no IngestPipeline.
+pub fn pipeline_not_found(namespace: &str, name: &str) -> Observed {
+    Observed::new(
+        READY,
+        false,
+        "PipelineNotFound",
+        format!(
+            "spec.pipelineRef names IngestPipeline {namespace}/{name}, which does not \
+             exist; create it or correct pipelineRef"
+        ),
+    )
+}
+
+/// The Ready condition of a sink run as a CronJob; `last_success` is when a run last
+/// succeeded.
+pub fn scheduled(last_success: Option<String>) -> Observed {
+    Observed::new(
+        READY,
+        true,
+        "Scheduled",
+        match last_success {
+            Some(at) => format!("batch runs are scheduled; last success {at}"),
+            None => "batch runs are scheduled; none has succeeded yet".into(),
+        },
+    )
+}
+
+/// TopicsReady=False because the Kafka credentials cannot be read.
+pub fn kafka_secret_unreadable(error: &impl std::fmt::Display) -> Observed {
+    Observed::new(
+        TOPICS_READY,
+        false,
+        "KafkaSecretUnreadable",
+        error.to_string(),
+    )
+}
+
+/// TopicsReady from the topic worker's last outcome for `count` topics at `at`.
+pub fn topics_ready(state: &TopicState, count: usize, at: &str) -> Observed {
+    match state {
+        TopicState::Ready => Observed::new(
+            TOPICS_READY,
+            true,
+            "TopicsEnsured",
+            format!("{count} topics exist with their partitions"),
+        ),
+        TopicState::Creating => Observed::new(
+            TOPICS_READY,
+            false,
+            "Creating",
+            format!("creating or growing {count} topics at {at}"),
+        ),
+        TopicState::Failed(error) => Observed::new(
+            TOPICS_READY,
+            false,
+            "TopicsFailed",
+            format!("creating or growing topics at {at} failed: {error}; retrying with backoff"),
+        ),
+    }
+}
+
+/// A pipeline's conditions: Ready is its gateway's, unless the topics are not ready
+/// (TopicsReady, present when the pipeline lists topics, says why).
+pub fn pipeline_conditions(gateway: Observed, topics: Option<Observed>) -> Vec<Observed> {
+    let ready = match &topics {
+        Some(topics) if !topics.ok => Observed::new(
+            READY,
+            false,
+            TOPICS_NOT_READY,
+            format!("the pipeline's topics are not ready: {}", topics.message),
+        ),
+        _ => gateway,
+    };
+    std::iter::once(ready).chain(topics).collect()
+}
+
+/// Whether nothing observed is waiting or degraded: the resource is looked at again only
+/// at the resync interval.
+pub fn settled(observed: &[Observed]) -> bool {
+    observed.iter().all(|o| o.ok && o.reason != "Degraded")
+}
+
 /// Whether the Ready condition in `conditions` is True.
 pub fn is_ready(conditions: &[Condition]) -> Option<bool> {
     conditions
@@ -150,6 +234,34 @@ mod tests {
         assert_eq!(third[0].reason, "Available");
         assert_eq!(third[0].last_transition_time, at(30));
         assert_eq!(is_ready(&third), Some(true));
+    }
+
+    #[test]
+    fn topics_not_ready_take_ready_with_them() {
+        let gateway = workload_ready("gateway", 2, 2);
+        let failed = topics_ready(&TopicState::Failed("no broker".into()), 1, "kafka:9092");
+        let conditions = pipeline_conditions(gateway.clone(), Some(failed.clone()));
+        assert_eq!(conditions[0].type_, READY);
+        assert_eq!(conditions[0].reason, TOPICS_NOT_READY);
+        assert_eq!(
+            conditions[0].message,
+            format!("the pipeline's topics are not ready: {}", failed.message)
+        );
+        assert_eq!(conditions[1], failed);
+
+        let ensured = topics_ready(&TopicState::Ready, 1, "kafka:9092");
+        assert_eq!(
+            pipeline_conditions(gateway.clone(), Some(ensured.clone())),
+            [gateway.clone(), ensured]
+        );
+        assert_eq!(pipeline_conditions(gateway.clone(), None), [gateway]);
+    }
+
+    #[test]
+    fn only_settled_resources_wait_for_the_resync() {
+        assert!(settled(&[workload_ready("sink", 2, 2), scheduled(None)]));
+        assert!(!settled(&[workload_ready("sink", 2, 1)]), "degraded");
+        assert!(!settled(&[pipeline_not_found("analytics", "clickstream")]));
     }
 
     #[test]

@@ -127,6 +127,7 @@ struct Cluster {
 impl Cluster {
     /// `None` (after saying why) when the binaries are missing.
     async fn start() -> Option<Self> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let missing: Vec<_> = ["kube-apiserver", "etcd"]
             .into_iter()
             .filter(|p| !on_path(p))

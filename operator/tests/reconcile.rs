@@ -28,11 +28,12 @@ use weir_operator::topics::{TopicAdmin, TopicSettings};
 
 const NS: &str = "analytics";
 
-/// Records the topic lists it is asked for; fails while `fail` is set, never answers
-/// while `hang` is set.
+/// Records the topic lists it is asked for and the Kafka properties it is asked with;
+/// fails while `fail` is set, never answers while `hang` is set.
 #[derive(Default)]
 struct FakeAdmin {
     calls: Mutex<Vec<Vec<String>>>,
+    properties: Mutex<Vec<std::collections::BTreeMap<String, String>>>,
     fail: Mutex<Option<String>>,
     hang: std::sync::atomic::AtomicBool,
 }
@@ -40,10 +41,14 @@ struct FakeAdmin {
 impl TopicAdmin for FakeAdmin {
     fn ensure<'a>(
         &'a self,
-        _kafka: &'a KafkaSpec,
+        kafka: &'a KafkaSpec,
         topics: &'a [TopicSpec],
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
+            self.properties
+                .lock()
+                .unwrap()
+                .push(kafka.properties.clone().into_iter().collect());
             self.calls
                 .lock()
                 .unwrap()
@@ -532,6 +537,55 @@ async fn a_kafka_that_never_answers_does_not_hold_the_reconcile() {
         "{}",
         topics.message
     );
+}
+
+#[tokio::test]
+async fn the_kafka_secret_is_read_for_topics_and_an_unreadable_one_is_reported() {
+    let h = harness().await;
+    let mut pipeline = example_pipeline();
+    pipeline.spec.workload.kafka_secret = Some("kafka-credentials".into());
+    h.create(&pipeline).await;
+
+    // No such Secret: the gateway is still applied (its pods wait for the Secret), the
+    // topic step reports why it cannot start, and Kafka is not asked.
+    let status = h.reconcile_pipeline("clickstream").await.status.unwrap();
+    assert_eq!(h.names::<Deployment>().await, ["clickstream-gateway"]);
+    let topics = condition(&status.conditions, "TopicsReady");
+    assert_eq!(
+        (topics.status.as_str(), topics.reason.as_str()),
+        ("False", "KafkaSecretUnreadable")
+    );
+    assert!(
+        topics.message.starts_with(
+            "cannot read Secret kafka-credentials (spec.workload.kafkaSecret) for the Kafka \
+             credentials: "
+        ),
+        "{}",
+        topics.message
+    );
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "TopicsNotReady")
+    );
+    assert!(h.admin.calls.lock().unwrap().is_empty());
+
+    // The Secret appears: its keys reach Kafka as properties, beside the spec's own.
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "kafka-credentials", "namespace": NS},
+        "data": {"sasl.username": "d2Vpcg=="},
+    }))
+    .unwrap();
+    h.create(&secret).await;
+    h.reconcile_pipeline("clickstream").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.admin.properties.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the topic worker asks Kafka");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let properties = h.admin.properties.lock().unwrap()[0].clone();
+    assert_eq!(properties["sasl.username"], "weir");
+    assert_eq!(properties["compression.type"], "zstd");
 }
 
 #[tokio::test]

@@ -1,6 +1,10 @@
 //! The desired state: pure functions from a custom resource to the Kubernetes objects
 //! that run it. No I/O happens here; `apply` sends what these return.
 //!
+//! [`gateway`] and [`sink`] validate a resource, then collect its children, each built
+//! by its kind's file (`configmap.rs`, `deployment.rs`, `cronjob.rs`, `service.rs`,
+//! `hpa.rs`, `pdb.rs`); `pod.rs` builds the pod template both workloads run.
+//!
 //! Invariants every builder keeps:
 //! - Children carry Weir's own labels ([`labels`]), never copies of the resource's, so
 //!   GitOps tools that prune by label never mistake them for their own objects.
@@ -14,9 +18,12 @@
 //!   mounted as a directory so the kubelet refreshes it) reloads in place.
 
 mod configmap;
+mod cronjob;
+mod deployment;
 pub mod gateway;
 mod hpa;
 mod pdb;
+mod pod;
 mod service;
 pub mod sink;
 
@@ -25,13 +32,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, EnvFromSource, HTTPGetAction, PodSecurityContext, Probe,
-    SeccompProfile, SecretEnvSource, SecurityContext, Service,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, EnvFromSource, SecretEnvSource, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -285,12 +288,10 @@ fn check_name(name: &str, limit: usize) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
-/// The port of a `host:port` listen address, for container ports and probes.
-fn listen_port(field: &str, address: &str) -> Result<i32, InvalidSpec> {
-    let port = address
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.port())
-        .map_err(|e| InvalidSpec::new(field, format!("{address:?} is not host:port: {e}")))?;
+/// The port of a listen address (parsed by the settings), for container ports and
+/// probes; port 0 (pick any) is refused.
+fn listen_port(field: &str, address: std::net::SocketAddr) -> Result<i32, InvalidSpec> {
+    let port = address.port();
     if port == 0 {
         return Err(InvalidSpec::new(
             field,
@@ -298,34 +299,6 @@ fn listen_port(field: &str, address: &str) -> Result<i32, InvalidSpec> {
         ));
     }
     Ok(i32::from(port))
-}
-
-/// The restrictive security context every data-plane container runs with.
-fn container_security() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Capabilities::default()
-        }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            ..SeccompProfile::default()
-        }),
-        ..SecurityContext::default()
-    }
-}
-
-fn pod_security() -> PodSecurityContext {
-    PodSecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(65532),
-        run_as_group: Some(65532),
-        fs_group: Some(65532),
-        ..PodSecurityContext::default()
-    }
 }
 
 /// A Secret's keys as `WEIR__KAFKA__PROPERTIES__<key>` variables: Kafka credentials
@@ -344,21 +317,4 @@ fn kafka_secret_env(secret: Option<&String>) -> Option<Vec<EnvFromSource>> {
             ..EnvFromSource::default()
         }]
     })
-}
-
-fn http_probe(path: &str, port: &str, period: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String(port.into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        ..Probe::default()
-    }
-}
-
-/// Termination grace: the data plane's own drain timeout plus time to exit.
-fn grace_seconds(drain: std::time::Duration) -> i64 {
-    drain.as_secs() as i64 + 10
 }

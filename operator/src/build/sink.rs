@@ -1,26 +1,19 @@
-//! A SinkBinding's sink: its configuration ConfigMap and either a Deployment
-//! (continuous) or a CronJob running `weir sink --batch` (when `workload.schedule` is
-//! set).
+//! A SinkBinding's sink: validate the spec, then collect its configuration ConfigMap
+//! and either a Deployment (continuous) or a CronJob running `weir sink --batch` (when
+//! `workload.schedule` is set), each built by its kind's file.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
-use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
-use k8s_openapi::api::core::v1::{
-    Container, PodSpec, PodTemplateSpec, SecretVolumeSource, Volume, VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::api::core::v1::{SecretVolumeSource, Volume};
 use weir_crds::SinkSpec;
 use weir_crds::pipeline::KafkaSpec;
-use weir_crds::resources::{IngestPipeline, SinkBinding};
+use weir_crds::resources::{IngestPipeline, SinkBinding, SinkWorkload};
 use weir_crds::sink::{SinkMode, SourceSpec};
 
 use super::configmap::{config_map, config_volume, to_yaml};
-use super::gateway::container_port;
+use super::deployment::{self, Rollout};
+use super::pod::Pod;
 use super::{
-    CONFIG_HASH, Child, Defaults, InvalidSpec, MAX_CRONJOB_NAME, Owner, check_name,
-    container_security, grace_seconds, hash_of, http_probe, kafka_secret_env, listen_port,
-    pod_security,
+    Child, Defaults, InvalidSpec, MAX_CRONJOB_NAME, Owner, check_name, cronjob, hash_of,
+    listen_port,
 };
 
 const COMPONENT: &str = "sink";
@@ -81,9 +74,65 @@ pub fn build(
     defaults: &Defaults,
 ) -> Result<Vec<Child>, InvalidSpec> {
     let owner = Owner::of(binding);
+    let name = workload_name(&owner.name);
+    let workload = &binding.spec.workload;
+    let (spec, metrics) = validate(binding, pipeline, &name)?;
+
+    let config_map = config_map(
+        &owner,
+        &config_name(&name),
+        COMPONENT,
+        CONFIG_FILE,
+        to_yaml(&spec),
+    );
+    let config_hash = hash_of(&(
+        &config_map.data,
+        pipeline.spec.workload.kafka_secret.as_ref(),
+        &workload.storage_secret,
+        &workload.descriptor_config_map,
+    ));
+    let template = pod(
+        binding,
+        pipeline,
+        defaults,
+        &name,
+        &spec,
+        metrics,
+        config_hash,
+    )
+    .template(&owner);
+    let runner = match &workload.schedule {
+        Some(schedule) => Child::CronJob(cronjob::cron_job(
+            &owner, &name, COMPONENT, schedule, template,
+        )),
+        // Old and new pods of one group would rebalance twice per rollout; replacing
+        // them at once rebalances once. Exactly-once holds either way.
+        None => Child::Deployment(deployment::deployment(
+            &owner,
+            &name,
+            COMPONENT,
+            Some(workload.replicas.unwrap_or(1)),
+            Rollout::Recreate,
+            template,
+        )),
+    };
+    Ok(vec![Child::ConfigMap(config_map), runner]
+        .into_iter()
+        .map(Child::stamp)
+        .collect())
+}
+
+/// The binding's [`effective_spec`] and its metrics port, if a cluster can run it as the
+/// sink `name`.
+fn validate(
+    binding: &SinkBinding,
+    pipeline: &IngestPipeline,
+    name: &str,
+) -> Result<(SinkSpec, i32), InvalidSpec> {
     let workload = &binding.spec.workload;
     let spec = effective_spec(binding, pipeline);
-    weir_crds::settings::SinkSettings::try_from(spec.clone()).map_err(InvalidSpec::from_config)?;
+    let settings = weir_crds::settings::SinkSettings::try_from(spec.clone())
+        .map_err(InvalidSpec::from_config)?;
     if !REMOTE_SCHEMES
         .iter()
         .any(|s| spec.storage.url.starts_with(s))
@@ -105,129 +154,68 @@ pub fn build(
             "replicas cannot be negative",
         ));
     }
-    let name = workload_name(&owner.name);
-    check_name(&name, MAX_CRONJOB_NAME)?;
-    let metrics = listen_port("listen.metrics", &spec.listen.metrics)?;
+    check_name(name, MAX_CRONJOB_NAME)?;
+    let metrics = listen_port("listen.metrics", settings.metrics_addr)?;
+    Ok((spec, metrics))
+}
 
-    let config_name = format!("{name}-config");
-    let config_map = config_map(&owner, &config_name, COMPONENT, CONFIG_FILE, to_yaml(&spec));
-    let kafka_secret = pipeline.spec.workload.kafka_secret.as_ref();
-    let config_hash = hash_of(&(
-        &config_map.data,
-        kafka_secret,
-        &workload.storage_secret,
-        &workload.descriptor_config_map,
-    ));
-
-    let mut volumes = vec![config_volume("config", &config_name)];
-    let mut mounts = vec![mount("config", CONFIG_DIR)];
+/// The configuration, and the storage credentials and descriptor set the workload
+/// names, each with where the pod mounts it.
+fn volumes(name: &str, workload: &SinkWorkload) -> Vec<(Volume, &'static str)> {
+    let mut volumes = vec![(config_volume("config", &config_name(name)), CONFIG_DIR)];
     if let Some(secret) = &workload.storage_secret {
-        volumes.push(Volume {
+        let credentials = Volume {
             name: "storage-credentials".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.clone()),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
-        });
-        mounts.push(mount("storage-credentials", STORAGE_SECRET_DIR));
+        };
+        volumes.push((credentials, STORAGE_SECRET_DIR));
     }
     if let Some(descriptors) = &workload.descriptor_config_map {
-        volumes.push(config_volume("descriptors", descriptors));
-        mounts.push(mount("descriptors", DESCRIPTOR_DIR));
+        volumes.push((config_volume("descriptors", descriptors), DESCRIPTOR_DIR));
     }
+    volumes
+}
+
+/// The sink pod: the configuration, storage credentials and descriptor set mounted, the
+/// pipeline's Kafka credentials in its environment; a batch run when scheduled.
+fn pod<'a>(
+    binding: &SinkBinding,
+    pipeline: &'a IngestPipeline,
+    defaults: &Defaults,
+    name: &str,
+    spec: &SinkSpec,
+    metrics: i32,
+    config_hash: String,
+) -> Pod<'a> {
+    let workload = &binding.spec.workload;
+    let batch = workload.schedule.is_some();
     let mut args = vec![
         "sink".to_string(),
         "-f".into(),
         format!("{CONFIG_DIR}/{CONFIG_FILE}"),
     ];
-    let batch = workload.schedule.is_some();
     if batch {
         args.push("--batch".into());
     }
-    let container = Container {
-        name: COMPONENT.into(),
-        image: Some(workload.image.clone().unwrap_or(defaults.image.clone())),
-        args: Some(args),
-        ports: Some(vec![container_port("metrics", metrics)]),
-        env_from: kafka_secret_env(kafka_secret),
+    Pod {
+        component: COMPONENT,
+        image: workload.image.clone().unwrap_or(defaults.image.clone()),
+        args,
+        ports: vec![("metrics", metrics)],
+        kafka_secret: pipeline.spec.workload.kafka_secret.as_ref(),
         resources: workload.resources.clone(),
-        // A batch job has no one to report readiness to; its exit code is its health.
-        readiness_probe: (!batch).then(|| http_probe("/readyz", "metrics", 10)),
-        liveness_probe: Some(http_probe("/healthz", "metrics", 10)),
-        security_context: Some(container_security()),
-        volume_mounts: Some(mounts),
-        ..Container::default()
-    };
-    let pod_spec = PodSpec {
-        containers: vec![container],
-        security_context: Some(pod_security()),
-        termination_grace_period_seconds: Some(grace_seconds(spec.shutdown.drain_timeout)),
-        automount_service_account_token: Some(false),
-        restart_policy: batch.then(|| "Never".into()),
-        volumes: Some(volumes),
-        ..PodSpec::default()
-    };
-    let template = PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(owner.labels(COMPONENT)),
-            annotations: Some(BTreeMap::from([(CONFIG_HASH.into(), config_hash)])),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(pod_spec),
-    };
-
-    let workload_object = match &workload.schedule {
-        Some(schedule) => Child::CronJob(CronJob {
-            metadata: owner.meta(&name, COMPONENT),
-            spec: Some(CronJobSpec {
-                schedule: schedule.clone(),
-                // Two batch runs of one group would only split the partitions between
-                // them; the next run picks up whatever a slow one left.
-                concurrency_policy: Some("Forbid".into()),
-                job_template: JobTemplateSpec {
-                    metadata: None,
-                    spec: Some(JobSpec {
-                        backoff_limit: Some(3),
-                        template,
-                        ..JobSpec::default()
-                    }),
-                },
-                ..CronJobSpec::default()
-            }),
-            ..CronJob::default()
-        }),
-        None => Child::Deployment(Deployment {
-            metadata: owner.meta(&name, COMPONENT),
-            spec: Some(DeploymentSpec {
-                replicas: Some(workload.replicas.unwrap_or(1)),
-                selector: LabelSelector {
-                    match_labels: Some(owner.selector_labels(COMPONENT)),
-                    ..LabelSelector::default()
-                },
-                // Old and new pods of one group would rebalance twice per rollout;
-                // replacing them at once rebalances once. Exactly-once holds either way.
-                strategy: Some(DeploymentStrategy {
-                    type_: Some("Recreate".into()),
-                    ..DeploymentStrategy::default()
-                }),
-                template,
-                ..DeploymentSpec::default()
-            }),
-            ..Deployment::default()
-        }),
-    };
-    Ok(vec![Child::ConfigMap(config_map), workload_object]
-        .into_iter()
-        .map(Child::stamp)
-        .collect())
+        readiness_period: (!batch).then_some(10),
+        volumes: volumes(name, workload),
+        drain_timeout: spec.shutdown.drain_timeout,
+        run_once: batch,
+        config_hash,
+    }
 }
 
-fn mount(name: &str, path: &str) -> VolumeMount {
-    VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    }
+fn config_name(workload: &str) -> String {
+    format!("{workload}-config")
 }

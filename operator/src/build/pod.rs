@@ -1,0 +1,154 @@
+//! The pod template every Weir workload runs: one data-plane container under a
+//! restrictive security context, its configuration mounted read-only, probed on its
+//! metrics port. The gateway and the sink differ only in what [`Pod`] says.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{CONFIG_HASH, Owner, kafka_secret_env};
+
+/// What one workload's pod runs and mounts.
+pub(super) struct Pod<'a> {
+    /// The container's name and the pod's `app.kubernetes.io/component`.
+    pub component: &'static str,
+    pub image: String,
+    pub args: Vec<String>,
+    /// Named container ports; the probes use `metrics`.
+    pub ports: Vec<(&'static str, i32)>,
+    /// The Secret of Kafka credentials (`workload.kafkaSecret`), if any.
+    pub kafka_secret: Option<&'a String>,
+    pub resources: Option<ResourceRequirements>,
+    /// Seconds between readiness probes; `None` for a pod no one waits on (a batch job,
+    /// whose exit code is its health).
+    pub readiness_period: Option<i32>,
+    /// Each volume with where it is mounted (read-only, under the volume's name).
+    pub volumes: Vec<(Volume, &'static str)>,
+    /// The data plane's own drain timeout.
+    pub drain_timeout: Duration,
+    /// A batch job's pod: it runs once and is never restarted in place.
+    pub run_once: bool,
+    /// The hash of the mounted configuration ([`CONFIG_HASH`]): a change rolls the pods.
+    pub config_hash: String,
+}
+
+impl Pod<'_> {
+    /// The pod template, labelled as `owner`'s `component`.
+    pub(super) fn template(self, owner: &Owner) -> PodTemplateSpec {
+        let mounts = self
+            .volumes
+            .iter()
+            .map(|(volume, path)| mount(&volume.name, path))
+            .collect();
+        let container = self.container(mounts);
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(owner.labels(self.component)),
+                annotations: Some(BTreeMap::from([(CONFIG_HASH.into(), self.config_hash)])),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![container],
+                security_context: Some(pod_security()),
+                termination_grace_period_seconds: Some(grace_seconds(self.drain_timeout)),
+                automount_service_account_token: Some(false),
+                restart_policy: self.run_once.then(|| "Never".into()),
+                volumes: Some(self.volumes.into_iter().map(|(volume, _)| volume).collect()),
+                ..PodSpec::default()
+            }),
+        }
+    }
+
+    fn container(&self, mounts: Vec<VolumeMount>) -> Container {
+        Container {
+            name: self.component.into(),
+            image: Some(self.image.clone()),
+            args: Some(self.args.clone()),
+            ports: Some(
+                self.ports
+                    .iter()
+                    .map(|(name, port)| container_port(name, *port))
+                    .collect(),
+            ),
+            env_from: kafka_secret_env(self.kafka_secret),
+            resources: self.resources.clone(),
+            readiness_probe: self
+                .readiness_period
+                .map(|period| http_probe("/readyz", "metrics", period)),
+            liveness_probe: Some(http_probe("/healthz", "metrics", 10)),
+            security_context: Some(container_security()),
+            volume_mounts: Some(mounts),
+            ..Container::default()
+        }
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The restrictive security context every data-plane container runs with.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        fs_group: Some(65532),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn http_probe(path: &str, port: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(port.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    }
+}
+
+/// Termination grace: the data plane's own drain timeout plus time to exit.
+fn grace_seconds(drain: Duration) -> i64 {
+    drain.as_secs() as i64 + 10
+}
