@@ -1,12 +1,11 @@
-//! The consumer shell: the loop that feeds Kafka records to the partition core
-//! ([`super::partition`]), starts the flushes it hands back, reports their outcomes,
-//! commits, and drains on stop.
+//! The consumer shell: the loop that feeds a source's records ([`super::source`]) to
+//! the partition core ([`super::partition`]), starts the flushes it hands back, reports
+//! their outcomes, commits, and drains on stop. Nothing here knows which log it reads.
 //!
 //! Invariants (see [`crate::sink`] for why they give exactly-once files):
-//! - a partition is consumed only after the rebalance hook ([`super::rebalance`])
-//!   recovered it from its progress markers; the hook sets the assignment's start
-//!   offset itself, so no record before the resume point is fetched;
-//! - the Kafka offset `end + 1` is committed only after a range's files are all uploaded
+//! - a partition is consumed only after its source took it ([`super::assignment`]):
+//!   recovered from its progress markers, read from the position that gave;
+//! - the position `end + 1` is committed only after a range's files are all uploaded
 //!   (the core says so by returning it from `flushed`);
 //! - a flush's outcome reaches the state only when the partition is still the same
 //!   assignment (epoch), so a revoked partition's late flush changes nothing;
@@ -17,33 +16,24 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use weir_crds::settings::SinkSettings;
 
-use super::buffer::{FlushReason, SinkRecord};
+use super::buffer::FlushReason;
 use super::flush::{FlushContext, FlushError, FlushJob};
 use super::metrics::SinkMetrics;
 use super::partition::{Consumed, PartitionState, Regression, Tp};
 use super::partitions::{Partitions, SinkReport};
-use super::progress::RecordFingerprint;
-use super::rebalance::SinkContext;
+use super::source::{LogRecord, RecordSource};
 
 /// Flushes (across partitions) running at once.
 pub(super) const FLUSH_CONCURRENCY: usize = 4;
 /// How often ages, retries and batch completion are checked.
 const TICK: Duration = Duration::from_millis(200);
-/// Longest wait for Kafka calls made from the loop and the rebalance hook.
-pub(super) const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a batch run waits for the group to assign it partitions.
 const BATCH_ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The consumer, with the rebalance hook as its context.
-pub(super) type SinkConsumer = StreamConsumer<SinkContext>;
 
 /// What the loop, the rebalance hook, the flushes and the ops endpoints share.
 pub(super) struct Core {
@@ -74,9 +64,9 @@ impl Core {
 
 /// Consumes until stopped, a batch run is complete, or something fatal happens; then
 /// drains.
-pub(super) async fn run(
+pub(super) async fn run<S: RecordSource>(
     core: Arc<Core>,
-    consumer: Arc<SinkConsumer>,
+    consumer: Arc<S>,
     stop: CancellationToken,
 ) -> anyhow::Result<SinkReport> {
     let mut ticker = tokio::time::interval(TICK);
@@ -115,7 +105,7 @@ pub(super) async fn run(
     Ok(state.report.clone())
 }
 
-fn on_message(core: &Arc<Core>, consumer: &Arc<SinkConsumer>, message: &BorrowedMessage<'_>) {
+fn on_message<S: RecordSource>(core: &Arc<Core>, consumer: &Arc<S>, message: &impl LogRecord) {
     let tp: Tp = (Arc::from(message.topic()), message.partition());
     let mut state = core.lock();
     let Some(ps) = state.map.get_mut(&tp) else {
@@ -124,26 +114,10 @@ fn on_message(core: &Arc<Core>, consumer: &Arc<SinkConsumer>, message: &Borrowed
     // Counted here, published to Prometheus on the next tick: label lookups per
     // record showed up in profiles.
     ps.counts.records += 1;
-    ps.counts.bytes += message.payload_len() as u64;
-    let fingerprint = || {
-        RecordFingerprint::of(
-            message.timestamp().to_millis(),
-            message.key(),
-            message.payload(),
-        )
-    };
+    ps.counts.bytes += message.payload().map_or(0, <[u8]>::len) as u64;
+    let fingerprint = || message.fingerprint();
     let record = || {
-        let headers = message
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key, h.value)).collect::<Vec<_>>());
-        let record = SinkRecord::from_parts(
-            message.topic(),
-            message.offset(),
-            message.timestamp().to_millis(),
-            message.key(),
-            message.payload(),
-            headers.unwrap_or_default(),
-        );
+        let record = message.to_sink_record();
         core.settings.keeps(&record.event_type).then_some(record)
     };
     let now = Instant::now();
@@ -156,7 +130,7 @@ fn on_message(core: &Arc<Core>, consumer: &Arc<SinkConsumer>, message: &Borrowed
     ) {
         Consumed::Ignored | Consumed::Verified => return,
         Consumed::WentBack(reason) => {
-            on_regression(core, consumer, &mut state, &tp, reason);
+            on_regression(core, consumer.as_ref(), &mut state, &tp, reason);
             return;
         }
         Consumed::Buffered(job) => Vec::from_iter(job),
@@ -175,7 +149,7 @@ fn on_message(core: &Arc<Core>, consumer: &Arc<SinkConsumer>, message: &Borrowed
 /// markers, since records already buffered belong to the old log.
 fn on_regression(
     core: &Core,
-    consumer: &SinkConsumer,
+    consumer: &impl RecordSource,
     state: &mut Partitions,
     tp: &Tp,
     reason: String,
@@ -197,9 +171,7 @@ fn on_regression(
             }
         }
         Regression::Restart => {
-            // librdkafka drops what it fetched before the seek, so the next record of
-            // the partition is the new log's first.
-            if let Err(error) = consumer.seek(&tp.0, tp.1, Offset::Beginning, KAFKA_CALL_TIMEOUT) {
+            if let Err(error) = consumer.rewind(tp) {
                 state.fatal = Some(format!(
                     "cannot go back to the start of {}/{}: {error}",
                     tp.0, tp.1
@@ -216,7 +188,7 @@ fn update_buffered(core: &Core, state: &Partitions) {
 }
 
 /// Publishes the counts, starts due retries and flushes buffers whose time came.
-fn on_tick(core: &Arc<Core>, consumer: &Arc<SinkConsumer>) {
+fn on_tick<S: RecordSource>(core: &Arc<Core>, consumer: &Arc<S>) {
     let now = Instant::now();
     let mut state = core.lock();
     let mut started = Vec::new();
@@ -262,7 +234,12 @@ fn publish_counts(core: &Core, topic: &str, ps: &mut PartitionState) {
 
 /// Runs one attempt of a job (`attempts` before it failed) and hands the outcome to the
 /// partition's state.
-fn spawn_flush(core: Arc<Core>, consumer: Arc<SinkConsumer>, mut job: FlushJob, attempts: u32) {
+fn spawn_flush<S: RecordSource>(
+    core: Arc<Core>,
+    consumer: Arc<S>,
+    mut job: FlushJob,
+    attempts: u32,
+) {
     let tp: Tp = (job.topic.clone(), job.partition);
     let epoch = core.lock().map.get(&tp).map(|s| s.epoch);
     tokio::spawn(async move {
@@ -280,7 +257,9 @@ fn spawn_flush(core: Arc<Core>, consumer: Arc<SinkConsumer>, mut job: FlushJob, 
         match result {
             Ok(flushed) => {
                 let next = ps.flushed(&job);
-                commit(&consumer, &tp, next, CommitMode::Async);
+                if let Err(error) = consumer.commit(&[(tp.clone(), next)], false) {
+                    tracing::warn!(%error, topic = %tp.0, partition = tp.1, "offset commit failed; the progress markers still hold the position");
+                }
                 super::failpoint::hit("after_commit");
                 core.metrics
                     .flush_seconds
@@ -318,20 +297,10 @@ fn spawn_flush(core: Arc<Core>, consumer: Arc<SinkConsumer>, mut job: FlushJob, 
     });
 }
 
-/// Commits `next` as the partition's offset; a failure only delays lag metrics, since
-/// the progress markers hold the position.
-fn commit(consumer: &SinkConsumer, tp: &Tp, next: i64, mode: CommitMode) {
-    let mut list = TopicPartitionList::new();
-    let _ = list.add_partition_offset(&tp.0, tp.1, Offset::Offset(next));
-    if let Err(error) = consumer.commit(&list, mode) {
-        tracing::warn!(%error, topic = %tp.0, partition = tp.1, "offset commit failed; the progress markers still hold the position");
-    }
-}
-
 /// On stop: flushes every buffer, retries failed flushes and waits for all of them,
 /// within `shutdown.drainTimeout`. A redo still missing records is left for the next
 /// start.
-async fn drain(core: &Arc<Core>, consumer: &Arc<SinkConsumer>) {
+async fn drain<S: RecordSource>(core: &Arc<Core>, consumer: &Arc<S>) {
     let deadline = Instant::now() + core.settings.shutdown.drain_timeout;
     loop {
         let mut started = Vec::new();
@@ -362,16 +331,16 @@ async fn drain(core: &Arc<Core>, consumer: &Arc<SinkConsumer>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Commit synchronously what the asynchronous commits may not have sent yet.
-    let mut list = TopicPartitionList::new();
-    for ((topic, partition), ps) in core.lock().map.iter() {
-        if let Some(next) = ps.next_start {
-            let _ = list.add_partition_offset(topic, *partition, Offset::Offset(next));
-        }
-    }
-    if list.count() > 0 {
+    let positions: Vec<(Tp, i64)> = core
+        .lock()
+        .map
+        .iter()
+        .filter_map(|(tp, ps)| Some((tp.clone(), ps.next_start?)))
+        .collect();
+    if !positions.is_empty() {
         let consumer = consumer.clone();
         let committed =
-            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync)).await;
+            tokio::task::spawn_blocking(move || consumer.commit(&positions, true)).await;
         if let Ok(Err(error)) = committed {
             tracing::warn!(%error, "final offset commit failed; the progress markers still hold the position");
         }

@@ -1,7 +1,9 @@
 //! The sink: Kafka topics into files in an object store, each record exactly once.
 //!
-//! Data path: consume ([`consume`]: the consumer loop; [`rebalance`]: its hook) →
-//! partition state ([`partition`], [`partitions`]: pure, decides ranges) → buffer
+//! Data path: a source ([`source`]: the interface; [`kafka_source`]: Kafka, with its
+//! rebalance hook; [`assignment`]: partitions given and taken) → consume ([`consume`]:
+//! the loop) → partition state ([`partition`], [`partitions`]: pure, decides ranges) →
+//! buffer
 //! ([`buffer`]) → encode ([`encode`], [`columns`], [`layout`]) → upload ([`upload`]) →
 //! commit ([`progress`], then the Kafka offset). [`service`] starts and stops it.
 //!
@@ -42,6 +44,7 @@
 //! Replay: markers, not the Kafka offset, decide where a partition resumes. Resetting
 //! the group's offsets does not rewrite files; write to a new prefix instead.
 
+mod assignment;
 pub mod audit;
 pub mod buffer;
 pub mod columns;
@@ -49,13 +52,14 @@ pub mod consume;
 pub mod encode;
 pub mod failpoint;
 pub mod flush;
+mod kafka_source;
 pub mod layout;
 pub mod metrics;
 pub mod partition;
 pub mod partitions;
 pub mod progress;
-mod rebalance;
 pub mod service;
+pub mod source;
 pub mod upload;
 
 pub use partitions::SinkReport;

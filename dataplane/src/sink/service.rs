@@ -11,7 +11,6 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use object_store::ObjectStoreExt as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
@@ -20,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 use weir_crds::settings::SinkSettings;
 use weir_crds::sink::SinkMode;
 
-use super::consume::{Core, FLUSH_CONCURRENCY, SinkConsumer};
+use super::consume::{Core, FLUSH_CONCURRENCY};
 use super::encode::Encoder;
 use super::flush::FlushContext;
+use super::kafka_source::{SinkConsumer, SinkContext, consumer_config};
 use super::metrics::SinkMetrics;
 use super::partitions::{Partitions, SinkReport};
-use super::rebalance::SinkContext;
 use super::upload::Storage;
 
 /// A running sink.
@@ -195,23 +194,6 @@ async fn probe(storage: &Storage) -> Result<(), object_store::Error> {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-fn consumer_config(settings: &SinkSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
-        .set("group.id", &settings.source.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
-        // New topics matching source.topicPattern are found this often.
-        .set("topic.metadata.refresh.interval.ms", "30000");
-    for (key, value) in &settings.kafka.properties {
-        config.set(key, value);
-    }
-    config
 }
 
 async fn render_metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {

@@ -1,0 +1,111 @@
+//! The log the sink reads, as an interface: Kafka is the one implementation today
+//! ([`super::rebalance`] holds its hook). A log of shards with sequence numbers and
+//! leases (Amazon Kinesis) implements the same pieces:
+//!
+//! - [`LogRecord`]: one record, borrowed from the client (no copy of the payload);
+//! - [`RecordSource`]: the next record, commits, and rewinding a partition to its
+//!   log's start (a new generation);
+//! - the assignment calls on the consumer's core ([`super::consume::Core::take_partition`]
+//!   and [`super::consume::Core::release_partitions`]), which a source makes when it is
+//!   given or loses a partition (a Kafka rebalance, a Kinesis lease), before any record
+//!   of it is read.
+//!
+//! Positions are `i64`, ordered within a partition and not necessarily contiguous
+//! (compaction leaves holes); a log whose positions are wider (Kinesis sequence numbers
+//! are up to 128 bits) maps them to this order in its source.
+
+use std::future::Future;
+
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+
+use super::buffer::SinkRecord;
+use super::partition::Tp;
+use super::progress::RecordFingerprint;
+
+/// One record of a partition, as its log hands it over.
+pub trait LogRecord {
+    /// The topic (Kafka) or stream (Kinesis).
+    fn topic(&self) -> &str;
+    /// The partition (Kafka) or shard (Kinesis).
+    fn partition(&self) -> i32;
+    /// The record's position in its partition.
+    fn offset(&self) -> i64;
+    /// The log's timestamp, Unix milliseconds.
+    fn timestamp_ms(&self) -> Option<i64>;
+    /// The record's key.
+    fn key(&self) -> Option<&[u8]>;
+    /// The record's value.
+    fn payload(&self) -> Option<&[u8]>;
+    /// The record's headers, in order.
+    fn headers(&self) -> Vec<(&str, Option<&[u8]>)>;
+
+    /// The checksum that tells this record from another at the same position.
+    fn fingerprint(&self) -> RecordFingerprint {
+        RecordFingerprint::of(self.timestamp_ms(), self.key(), self.payload())
+    }
+
+    /// The record with the gateway's headers parsed.
+    fn to_sink_record(&self) -> SinkRecord {
+        SinkRecord::from_parts(
+            self.topic(),
+            self.offset(),
+            self.timestamp_ms(),
+            self.key(),
+            self.payload(),
+            self.headers(),
+        )
+    }
+}
+
+/// Where the sink reads records from.
+pub trait RecordSource: Send + Sync + 'static {
+    /// A record borrowed from the source.
+    type Record<'a>: LogRecord
+    where
+        Self: 'a;
+    /// The source's own error.
+    type Error: std::fmt::Display + Send;
+
+    /// The next record of any assigned partition, in each partition's order.
+    fn recv(&self) -> impl Future<Output = Result<Self::Record<'_>, Self::Error>> + Send;
+
+    /// Records that each partition's records below the given position are in storage.
+    /// `wait`: return only once the log has it (at stop); else in the background.
+    fn commit(&self, positions: &[(Tp, i64)], wait: bool) -> Result<(), Self::Error>;
+
+    /// Reads the partition again from its log's first record; what was fetched before
+    /// is dropped.
+    fn rewind(&self, tp: &Tp) -> Result<(), Self::Error>;
+}
+
+impl LogRecord for BorrowedMessage<'_> {
+    fn topic(&self) -> &str {
+        Message::topic(self)
+    }
+
+    fn partition(&self) -> i32 {
+        Message::partition(self)
+    }
+
+    fn offset(&self) -> i64 {
+        Message::offset(self)
+    }
+
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp().to_millis()
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        Message::key(self)
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        Message::payload(self)
+    }
+
+    fn headers(&self) -> Vec<(&str, Option<&[u8]>)> {
+        Message::headers(self)
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default()
+    }
+}
