@@ -133,53 +133,55 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::SinkAudit { config } => {
-            let spec = config::read_sink(config.as_deref(), std::env::vars())?;
-            let settings = SinkSettings::try_from(spec)?;
-            let storage = weir::sink::upload::Storage::open(&settings.storage)?;
-            let report = weir::sink::audit::audit(&storage).await?;
-            for ((topic, partition), records) in &report.records {
-                println!("{topic}/{partition}: {records} records");
-            }
-            for ((topic, partition, generation, offset), files) in &report.duplicates {
-                println!(
-                    "DUPLICATE {topic}/{partition}@{offset} (generation {generation}) in {files:?}"
-                );
-            }
-            for file in &report.orphans {
-                println!("ORPHAN {file} (in no progress marker)");
-            }
-            for file in &report.missing {
-                println!("MISSING {file} (listed by a progress marker; redone at the next start)");
-            }
-            for (file, why) in &report.unreadable {
-                println!("UNREADABLE {file}: {why}");
-            }
-            for ((topic, partition, generation), from, to) in &report.gaps {
-                println!(
-                    "gap {topic}/{partition} {from}..={to} (generation {generation}; skipped or compacted records)"
-                );
-            }
-            println!(
-                "{} files, {} records: {}",
-                report.files,
-                report.total(),
-                if report.exactly_once() {
-                    "exactly once"
-                } else {
-                    "PROBLEMS FOUND"
-                }
-            );
-            Ok(if report.exactly_once() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::SinkAudit { config } => sink_audit(config.as_deref()).await,
         Command::Dev(options) => weir::dev::run(options).await.map(|()| ExitCode::SUCCESS),
         Command::Send(options) => weir::client::send::run(options).await,
         Command::Loadgen(options) => weir::client::loadgen::run(options)
             .await
             .map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// `weir sink-audit`: reads every marker and file of the sink's storage and prints what
+/// is wrong; fails unless every record is there exactly once.
+async fn sink_audit(config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let spec = config::read_sink(config, std::env::vars())?;
+    let settings = SinkSettings::try_from(spec)?;
+    let storage = weir::sink::upload::Storage::open(&settings.storage)?;
+    let report = weir::sink::audit::audit(&storage).await?;
+    for ((topic, partition), records) in &report.records {
+        println!("{topic}/{partition}: {records} records");
+    }
+    for ((topic, partition, generation, offset), files) in &report.duplicates {
+        println!("DUPLICATE {topic}/{partition}@{offset} (generation {generation}) in {files:?}");
+    }
+    for file in &report.orphans {
+        println!("ORPHAN {file} (in no progress marker)");
+    }
+    for file in &report.missing {
+        println!("MISSING {file} (listed by a progress marker; redone at the next start)");
+    }
+    for (file, why) in &report.unreadable {
+        println!("UNREADABLE {file}: {why}");
+    }
+    for ((topic, partition, generation), from, to) in &report.gaps {
+        println!(
+            "gap {topic}/{partition} {from}..={to} (generation {generation}; skipped or compacted records)"
+        );
+    }
+    println!(
+        "{} files, {} records: {}",
+        report.files,
+        report.total(),
+        if report.exactly_once() {
+            "exactly once"
+        } else {
+            "PROBLEMS FOUND"
+        }
+    );
+    Ok(if report.exactly_once() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -153,6 +153,8 @@ fn admin_config(spec: &KafkaSpec) -> ClientConfig {
 }
 
 /// Creates missing topics and grows ones with fewer partitions. Never deletes or shrinks.
+/// One function: describe, create, grow and confirm share the admin client and the
+/// per-topic errors they collect.
 pub async fn ensure_topics(spec: &KafkaSpec, topics: &[TopicSpec]) -> Result<(), KafkaSetupError> {
     if topics.is_empty() {
         return Ok(());

@@ -123,19 +123,33 @@ fn longest_call(limits: &LimitsSpec, kafka: &KafkaSpec) -> Duration {
 /// Checks what the types alone cannot, except the listen addresses and the routing
 /// table, which are checked by building them.
 fn check(spec: &PipelineSpec) -> Result<(), ConfigError> {
-    if spec.kafka.bootstrap_servers.trim().is_empty() {
+    check_kafka(&spec.kafka)?;
+    check_limits(spec)?;
+    check_clients(spec)?;
+    check_topics(&spec.topics)
+}
+
+/// The brokers and the delivery timeout (the sink checks its Kafka the same way).
+pub(super) fn check_kafka(kafka: &KafkaSpec) -> Result<(), ConfigError> {
+    if kafka.bootstrap_servers.trim().is_empty() {
         return Err(invalid(
             "kafka.bootstrapServers",
             "must name at least one broker",
         ));
     }
-    let timeout = spec.kafka.delivery_timeout;
+    let timeout = kafka.delivery_timeout;
     if timeout.is_zero() || timeout.as_millis() > i32::MAX as u128 {
         return Err(invalid(
             "kafka.deliveryTimeout",
             "must be between 1ms and 24 days",
         ));
     }
+    Ok(())
+}
+
+/// Sizes, counts and timeouts: each positive, the byte budgets within a semaphore's
+/// reach, and the idle timeout longer than any call.
+fn check_limits(spec: &PipelineSpec) -> Result<(), ConfigError> {
     let limits = &spec.limits;
     for (field, value) in [
         ("limits.maxBatchBytes", limits.max_batch_bytes),
@@ -205,6 +219,11 @@ fn check(spec: &PipelineSpec) -> Result<(), ConfigError> {
     if limits.max_batch_bytes > u32::MAX as usize {
         return Err(invalid("limits.maxBatchBytes", "must be below 4 GiB"));
     }
+    Ok(())
+}
+
+/// WebSocket keep-alive, credentials and identity.
+fn check_clients(spec: &PipelineSpec) -> Result<(), ConfigError> {
     if spec.websocket.ping_interval.is_zero() {
         return Err(invalid("websocket.pingInterval", "must be greater than 0"));
     }
@@ -223,17 +242,21 @@ fn check(spec: &PipelineSpec) -> Result<(), ConfigError> {
     if spec.identity.id_header.trim().is_empty() {
         return Err(invalid("identity.idHeader", "must not be empty"));
     }
-    if spec.topics.len() > crate::pipeline::MAX_TOPICS {
+    Ok(())
+}
+
+fn check_topics(topics: &[TopicSpec]) -> Result<(), ConfigError> {
+    if topics.len() > crate::pipeline::MAX_TOPICS {
         return Err(invalid(
             "topics",
             format!(
                 "lists {} topics; at most {} are allowed",
-                spec.topics.len(),
+                topics.len(),
                 crate::pipeline::MAX_TOPICS
             ),
         ));
     }
-    for (i, topic) in spec.topics.iter().enumerate() {
+    for (i, topic) in topics.iter().enumerate() {
         crate::kafka_names::check_topic_name(&topic.name)
             .map_err(|m| invalid(&format!("topics[{i}].name"), m))?;
         if topic.partitions < 1 {

@@ -74,17 +74,17 @@ impl SinkSettings {
 /// Checks what the types alone cannot, except the metrics address, which is checked by
 /// parsing it; the descriptor set is checked when the encoder loads it.
 fn check(spec: &SinkSpec) -> Result<(), ConfigError> {
-    if spec.kafka.bootstrap_servers.trim().is_empty() {
-        return Err(invalid(
-            "kafka.bootstrapServers",
-            "must name at least one broker",
-        ));
-    }
-    if spec.source.group_id.trim().is_empty() {
+    super::gateway::check_kafka(&spec.kafka)?;
+    check_source(&spec.source)?;
+    check_output(spec)
+}
+
+fn check_source(source: &SourceSpec) -> Result<(), ConfigError> {
+    if source.group_id.trim().is_empty() {
         return Err(invalid("source.groupId", "must not be empty"));
     }
-    let pattern = spec.source.topic_pattern.as_deref().unwrap_or("");
-    if spec.source.topics.is_empty() && pattern.is_empty() {
+    let pattern = source.topic_pattern.as_deref().unwrap_or("");
+    if source.topics.is_empty() && pattern.is_empty() {
         return Err(invalid(
             "source.topics",
             "name at least one topic, or set source.topicPattern",
@@ -98,10 +98,15 @@ fn check(spec: &SinkSpec) -> Result<(), ConfigError> {
             ),
         ));
     }
-    for (i, topic) in spec.source.topics.iter().enumerate() {
+    for (i, topic) in source.topics.iter().enumerate() {
         crate::kafka_names::check_topic_name(topic)
             .map_err(|m| invalid(&format!("source.topics[{i}]"), m))?;
     }
+    Ok(())
+}
+
+/// Storage, format, flush limits, dead letters and schema.
+fn check_output(spec: &SinkSpec) -> Result<(), ConfigError> {
     if spec.storage.url.trim().is_empty() {
         return Err(invalid("storage.url", "must name a directory or bucket"));
     }

@@ -56,7 +56,8 @@ struct ConnectionReport {
     latency_us: Option<Histogram<u64>>,
 }
 
-/// Runs the load and prints the report.
+/// Runs the load and prints the report (a client tool: setup, the connection tasks and
+/// the report in one place, read top to bottom).
 pub async fn run(options: LoadgenOptions) -> anyhow::Result<()> {
     if let Some(count) = options.idle {
         return idle(&options, count).await;

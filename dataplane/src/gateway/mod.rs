@@ -67,6 +67,32 @@ pub struct Shared {
     pub answer_budget: Arc<Semaphore>,
 }
 
+impl Shared {
+    /// The state of a starting gateway; reads the auth tokens file.
+    fn new(
+        settings: GatewaySettings,
+        ingestor: Ingestor,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            auth: Authenticator::from_spec(&settings.auth)?,
+            connections: Arc::new(ConnectionRegistry::new(
+                settings.websocket.max_connections,
+                settings.identity.duplicates,
+            )),
+            ingestor,
+            metrics,
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            health: Arc::new(Health::default()),
+            answer_budget: Arc::new(Semaphore::new(
+                settings.websocket.max_queued_answer_bytes_total,
+            )),
+            settings,
+        })
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -86,6 +112,32 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Serves gRPC until shutdown starts. A call may take the read time plus the whole
+/// wait for Kafka, and no longer.
+fn serve_grpc(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    connections: ConnectionLimits,
+) -> JoinHandle<()> {
+    let stop = shared.shutdown.clone();
+    let (raccoon, weir) = grpc::services(shared.clone());
+    let call_timeout = shared.settings.longest_call();
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .timeout(call_timeout)
+            .layer(grpc::decode_batches(shared))
+            .add_service(raccoon)
+            .add_service(weir)
+            .serve_with_incoming_shutdown(listener::incoming(listener, connections), async move {
+                stop.cancelled().await
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "gRPC server failed");
+        }
+    })
 }
 
 impl Gateway {
@@ -109,20 +161,7 @@ impl Gateway {
         let http_listener = bind(spec.listen.http, "listen.http").await?;
         let grpc_listener = bind(spec.listen.grpc, "listen.grpc").await?;
         let metrics_listener = bind(spec.listen.metrics, "listen.metrics").await?;
-        let shared = Arc::new(Shared {
-            auth: Authenticator::from_spec(&spec.auth)?,
-            connections: Arc::new(ConnectionRegistry::new(
-                spec.websocket.max_connections,
-                spec.identity.duplicates,
-            )),
-            ingestor,
-            metrics: metrics.clone(),
-            shutdown: CancellationToken::new(),
-            sessions: TaskTracker::new(),
-            health: Arc::new(Health::default()),
-            answer_budget: Arc::new(Semaphore::new(spec.websocket.max_queued_answer_bytes_total)),
-            settings,
-        });
+        let shared = Arc::new(Shared::new(settings, ingestor, metrics.clone())?);
         let http_addr = http_listener.local_addr()?;
         let grpc_addr = grpc_listener.local_addr()?;
         let metrics_addr = metrics_listener.local_addr()?;
@@ -137,26 +176,7 @@ impl Gateway {
         let grpc_connections =
             ConnectionLimits::new(&shared.settings.limits, metrics.clone(), "grpc");
 
-        let stop = shared.shutdown.clone();
-        let (raccoon, weir) = grpc::services(shared.clone());
-        let grpc_shared = shared.clone();
-        // A call may take the read time plus the whole wait for Kafka, and no longer.
-        let call_timeout = shared.settings.longest_call();
-        let grpc_server = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .timeout(call_timeout)
-                .layer(grpc::decode_batches(grpc_shared))
-                .add_service(raccoon)
-                .add_service(weir)
-                .serve_with_incoming_shutdown(
-                    listener::incoming(grpc_listener, grpc_connections),
-                    async move { stop.cancelled().await },
-                )
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "gRPC server failed");
-            }
-        });
+        let grpc_server = serve_grpc(shared.clone(), grpc_listener, grpc_connections);
 
         // The metrics port outlives the drain, so readiness can say "draining".
         let ops_server = weir_runtime::telemetry::serve_http(

@@ -99,42 +99,20 @@ pub async fn serve(
     let identity = Arc::new(identity);
     let settings = &shared.settings.websocket;
     let max_inflight = shared.settings.limits.max_inflight_batches_per_connection;
-    let (mut sink, mut stream) = socket.split();
-    let (replies, mut outbox) = mpsc::channel::<Queued>(max_inflight + 2);
-    let budget = AnswerBudget {
-        connection: Arc::new(Semaphore::new(settings.max_queued_answer_bytes)),
-        connection_size: settings.max_queued_answer_bytes,
-        total: shared.answer_budget.clone(),
-        total_size: settings.max_queued_answer_bytes_total,
-        wait: shared.settings.limits.write_timeout,
-    };
+    let (sink, mut stream) = socket.split();
+    let (replies, outbox) = mpsc::channel::<Queued>(max_inflight + 2);
+    let budget = AnswerBudget::for_connection(&shared);
     // Cancelled when the client stopped reading: its answers found no room in time, or
     // a frame did not go out in time.
     let not_reading = CancellationToken::new();
 
-    // The writer owns the sending half; each answer's budget is given back once the
-    // frame is written.
     let write_timeout = shared.settings.limits.write_timeout;
-    let writer = tokio::spawn({
-        let not_reading = not_reading.clone();
-        async move {
-            while let Some((message, permits)) = outbox.recv().await {
-                let is_close = matches!(message, Message::Close(_));
-                let sent = tokio::time::timeout(write_timeout, sink.send(message)).await;
-                drop(permits);
-                match sent {
-                    Ok(Ok(())) if !is_close => {}
-                    Ok(Ok(())) => break,
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        not_reading.cancel();
-                        return;
-                    }
-                }
-            }
-            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
-        }
-    });
+    let writer = tokio::spawn(write_answers(
+        sink,
+        outbox,
+        write_timeout,
+        not_reading.clone(),
+    ));
 
     let permits = Arc::new(Semaphore::new(max_inflight));
     let max_inflight_bytes = shared.settings.limits.max_inflight_bytes_per_connection;
@@ -182,39 +160,49 @@ pub async fn serve(
                 let Ok(permit) = permits.clone().acquire_owned().await else { break None };
                 let size = payload.len().min(max_inflight_bytes) as u32;
                 let Ok(bytes_permit) = inflight_bytes.clone().acquire_many_owned(size).await else { break None };
-                let shared = shared.clone();
-                let identity = identity.clone();
-                let replies = replies.clone();
-                let budget = budget.clone();
-                let not_reading = not_reading.clone();
-                tokio::spawn(async move {
-                    let (response, encoding) = process(&shared, &identity, kind, payload, received).await;
-                    let body = decode::encode_response(&response, encoding);
-                    let Some(permits) = budget.reserve(body.len()).await else {
-                        not_reading.cancel();
-                        return;
-                    };
-                    let message = match encoding {
-                        Encoding::Protobuf => Message::Binary(body.into()),
-                        Encoding::Json(_) => Message::Text(
-                            String::from_utf8(body).expect("JSON is UTF-8").into(),
-                        ),
-                    };
-                    let _ = replies.send((message, Some(permits))).await;
-                    drop((permit, bytes_permit));
-                });
+                let batch = Batch { kind, payload, received };
+                tokio::spawn(answer(
+                    shared.clone(),
+                    identity.clone(),
+                    batch,
+                    Answering {
+                        replies: replies.clone(),
+                        budget: budget.clone(),
+                        not_reading: not_reading.clone(),
+                    },
+                    (permit, bytes_permit),
+                ));
             }
         }
     };
 
-    // Answer what was accepted, then say goodbye.
+    let to = Answering {
+        replies,
+        budget,
+        not_reading,
+    };
+    say_goodbye(&shared, closing, &permits, max_inflight, to, writer).await;
+    gauge.dec();
+    drop(guard);
+}
+
+/// Answers what was accepted (within `shutdown.drainTimeout`, unless the client stopped
+/// reading), sends the close frame, and lets the writer finish.
+async fn say_goodbye(
+    shared: &Shared,
+    closing: Option<Closing>,
+    in_flight: &Semaphore,
+    max_inflight: usize,
+    to: Answering,
+    writer: tokio::task::JoinHandle<()>,
+) {
     let drain = shared.settings.shutdown.drain_timeout;
     let answered = async {
-        let _ = permits.acquire_many(max_inflight as u32).await;
+        let _ = in_flight.acquire_many(max_inflight as u32).await;
     };
     tokio::select! {
         _ = tokio::time::timeout(drain, answered) => {}
-        _ = not_reading.cancelled() => {}
+        _ = to.not_reading.cancelled() => {}
     }
     if let Some(Closing { code, reason }) = closing {
         let close = Message::Close(Some(CloseFrame {
@@ -222,12 +210,81 @@ pub async fn serve(
             // Close reasons are limited to 123 bytes by the protocol.
             reason: truncate(&reason, 120).into(),
         }));
-        let _ = tokio::time::timeout(write_timeout, replies.send((close, None))).await;
+        let write_timeout = shared.settings.limits.write_timeout;
+        let _ = tokio::time::timeout(write_timeout, to.replies.send((close, None))).await;
     }
-    drop(replies);
+    drop(to);
     let _ = tokio::time::timeout(drain, writer).await;
-    gauge.dec();
-    drop(guard);
+}
+
+/// Writes queued answers until the outbox closes or a close frame went out; each
+/// answer's budget is given back once its frame is written. A frame that takes longer
+/// than `write_timeout` means the client does not read: `not_reading` is cancelled.
+async fn write_answers(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut outbox: mpsc::Receiver<Queued>,
+    write_timeout: Duration,
+    not_reading: CancellationToken,
+) {
+    while let Some((message, permits)) = outbox.recv().await {
+        let is_close = matches!(message, Message::Close(_));
+        let sent = tokio::time::timeout(write_timeout, sink.send(message)).await;
+        drop(permits);
+        match sent {
+            Ok(Ok(())) if !is_close => {}
+            Ok(Ok(())) => break,
+            Ok(Err(_)) => break,
+            Err(_) => {
+                not_reading.cancel();
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+}
+
+/// One batch as it came off the socket.
+struct Batch {
+    kind: ContentKind,
+    payload: Bytes,
+    received: Instant,
+}
+
+/// Where a batch's answer goes.
+struct Answering {
+    replies: mpsc::Sender<Queued>,
+    budget: AnswerBudget,
+    not_reading: CancellationToken,
+}
+
+/// Processes one batch and queues its answer; the connection's in-flight permits are
+/// held until the answer is queued.
+async fn answer(
+    shared: Arc<Shared>,
+    identity: Arc<Identity>,
+    batch: Batch,
+    to: Answering,
+    inflight: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
+    let (response, encoding) = process(
+        &shared,
+        &identity,
+        batch.kind,
+        batch.payload,
+        batch.received,
+    )
+    .await;
+    let body = decode::encode_response(&response, encoding);
+    let Some(permits) = to.budget.reserve(body.len()).await else {
+        to.not_reading.cancel();
+        return;
+    };
+    let message = match encoding {
+        Encoding::Protobuf => Message::Binary(body.into()),
+        Encoding::Json(_) => Message::Text(String::from_utf8(body).expect("JSON is UTF-8").into()),
+    };
+    let _ = to.replies.send((message, Some(permits))).await;
+    drop(inflight);
 }
 
 async fn process(
@@ -284,6 +341,18 @@ struct AnswerBudget {
 }
 
 impl AnswerBudget {
+    /// A new connection's budget, beside the gateway-wide one.
+    fn for_connection(shared: &Shared) -> Self {
+        let settings = &shared.settings.websocket;
+        Self {
+            connection: Arc::new(Semaphore::new(settings.max_queued_answer_bytes)),
+            connection_size: settings.max_queued_answer_bytes,
+            total: shared.answer_budget.clone(),
+            total_size: settings.max_queued_answer_bytes_total,
+            wait: shared.settings.limits.write_timeout,
+        }
+    }
+
     /// Waits up to the write timeout for room for `bytes` (an answer larger than a
     /// whole budget takes all of it); `None` when there was none.
     async fn reserve(&self, bytes: usize) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {

@@ -59,7 +59,9 @@ impl AuditReport {
     }
 }
 
-/// Reads everything under the storage prefix.
+/// Reads everything under the storage prefix. One pass over the listing that checks
+/// every marker against its files and every offset against its neighbours; kept whole
+/// so the checks read in the order the report prints them.
 pub async fn audit(storage: &Storage) -> Result<AuditReport, StoreError> {
     let root = storage.path("");
     let objects: Vec<_> = storage

@@ -106,9 +106,28 @@ pub struct FlushContext {
 }
 
 impl FlushContext {
-    /// Runs the job. On `Err(Failed)` the job's marker field says whether the marker
+    /// Runs the job: encode, claim (or keep) the range's marker, upload, dead letters,
+    /// marker update. On `Err(Failed)` the job's marker field says whether the marker
     /// was created, so a retry writes exactly the same range.
     pub async fn run(&self, job: &mut FlushJob) -> Result<Flushed, FlushError> {
+        let encoded = self.encode(job).await?;
+        failpoint::hit("after_encode");
+        let (marker, rewrite_marker) = self.claim(job, &encoded).await?;
+        self.upload(&encoded).await?;
+        failpoint::hit("after_uploads");
+        if let Some((producer, topic, timeout)) = &self.dead_letter_topic {
+            publish_dead_letters(producer, topic, *timeout, job, &encoded).await?;
+        }
+        if rewrite_marker {
+            progress::rewrite(&self.storage, &marker)
+                .await
+                .map_err(|e| FlushError::at("claim")(e.to_string()))?;
+        }
+        Ok(self.count(job, &encoded))
+    }
+
+    /// Encodes the job's records on the blocking pool (the records come back to the job).
+    async fn encode(&self, job: &mut FlushJob) -> Result<EncodedRange, FlushError> {
         let encoder = self.encoder.clone();
         let records = std::mem::take(&mut job.records);
         let (topic, partition) = (job.topic.clone(), job.partition);
@@ -123,8 +142,18 @@ impl FlushContext {
         .await
         .map_err(|e| FlushError::at("encode")(e.to_string()))?;
         job.records = records;
-        let encoded: EncodedRange = encoded.map_err(|e| FlushError::at("encode")(e.to_string()))?;
-        failpoint::hit("after_encode");
+        encoded.map_err(|e| FlushError::at("encode")(e.to_string()))
+    }
+
+    /// Fixes the range with a new marker (create-only: a marker already there and
+    /// different means another sink owns the partition), or, for a redo or a retry,
+    /// keeps the existing one after deleting files the range no longer produces.
+    /// Returns the marker and whether it must be rewritten after the uploads.
+    async fn claim(
+        &self,
+        job: &mut FlushJob,
+        encoded: &EncodedRange,
+    ) -> Result<(ProgressMarker, bool), FlushError> {
         let files: Vec<String> = encoded.files.iter().map(|f| f.path.clone()).collect();
         let marker = ProgressMarker {
             topic: job.topic.to_string(),
@@ -166,6 +195,11 @@ impl FlushContext {
                 existing.files != files || existing.end != job.end || existing.last != job.last
             }
         };
+        Ok((marker, rewrite_marker))
+    }
+
+    /// Uploads the range's files, a few at a time.
+    async fn upload(&self, encoded: &EncodedRange) -> Result<(), FlushError> {
         let mut uploads = Vec::with_capacity(encoded.files.len());
         for file in &encoded.files {
             let (storage, path, bytes) =
@@ -193,15 +227,11 @@ impl FlushContext {
                 .with_label_values(&[kind])
                 .inc_by(file.bytes.len() as u64);
         }
-        failpoint::hit("after_uploads");
-        if let Some((producer, topic, timeout)) = &self.dead_letter_topic {
-            publish_dead_letters(producer, topic, *timeout, job, &encoded).await?;
-        }
-        if rewrite_marker {
-            progress::rewrite(&self.storage, &marker)
-                .await
-                .map_err(|e| FlushError::at("claim")(e.to_string()))?;
-        }
+        Ok(())
+    }
+
+    /// Counts what the range wrote and logs its dead letters.
+    fn count(&self, job: &FlushJob, encoded: &EncodedRange) -> Flushed {
         let topic_label = self.metrics.topics.get(&job.topic).to_string();
         for dead in &encoded.dead_letters {
             let event_type = &job.records[dead.index].event_type;
@@ -222,10 +252,10 @@ impl FlushContext {
             .records_written
             .with_label_values(&[&topic_label])
             .inc_by(written as u64);
-        Ok(Flushed {
+        Flushed {
             records: written,
             dead_letters: encoded.dead_letters.len(),
-        })
+        }
     }
 }
 

@@ -39,7 +39,7 @@ const KAFKA_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 pub(super) type SinkConsumer = StreamConsumer<SinkContext>;
 
 /// The consumer's settings: manual commits (after the files), earliest reset.
-pub(super) fn consumer_config(settings: &SinkSettings) -> ClientConfig {
+fn consumer_config(settings: &SinkSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
@@ -54,6 +54,26 @@ pub(super) fn consumer_config(settings: &SinkSettings) -> ClientConfig {
         config.set(key, value);
     }
     config
+}
+
+/// The consumer of `core`'s settings, subscribed to its source topics (and pattern).
+pub(super) fn subscribe(core: Arc<Core>) -> anyhow::Result<SinkConsumer> {
+    use anyhow::Context as _;
+    let consumer: SinkConsumer = consumer_config(&core.settings)
+        .create_with_context(SinkContext {
+            core: core.clone(),
+            logs: Default::default(),
+        })
+        .context("cannot create the Kafka consumer (check kafka.properties)")?;
+    let source = &core.settings.source;
+    let mut topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
+    if let Some(pattern) = source.topic_pattern.as_deref().filter(|p| !p.is_empty()) {
+        topics.push(pattern);
+    }
+    consumer
+        .subscribe(&topics)
+        .context("cannot subscribe to the source topics")?;
+    Ok(consumer)
 }
 
 impl RecordSource for SinkConsumer {

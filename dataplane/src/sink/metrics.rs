@@ -47,7 +47,8 @@ pub struct SinkMetrics {
 }
 
 impl SinkMetrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric. Long but flat: one registration per metric,
+    /// in the order of the README's table.
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {

@@ -11,7 +11,6 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use object_store::ObjectStoreExt as _;
-use rdkafka::consumer::Consumer;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -22,7 +21,7 @@ use weir_crds::sink::SinkMode;
 use super::consume::{Core, FLUSH_CONCURRENCY};
 use super::encode::Encoder;
 use super::flush::FlushContext;
-use super::kafka_source::{SinkConsumer, SinkContext, consumer_config};
+use super::kafka_source;
 use super::metrics::SinkMetrics;
 use super::partitions::{Partitions, SinkReport};
 use super::upload::Storage;
@@ -45,14 +44,7 @@ impl Sink {
             anyhow::bail!("the sink needs a multi-threaded Tokio runtime");
         }
         let encoder = Encoder::new(&settings)?;
-        let storage = Storage::open(&settings.storage)?;
-        if let Err(error) = probe(&storage).await {
-            anyhow::bail!(
-                "cannot use storage {}{}: {error}",
-                settings.storage.url,
-                storage_hint(&error)
-            );
-        }
+        let storage = open_storage(&settings).await?;
         let metrics = Arc::new(SinkMetrics::new());
         let dead_letter_topic = match &settings.dead_letter.topic {
             Some(topic) => Some((
@@ -79,31 +71,7 @@ impl Sink {
             batch: settings.mode == SinkMode::Batch,
             settings,
         });
-        let consumer: SinkConsumer = consumer_config(&core.settings)
-            .create_with_context(SinkContext {
-                core: core.clone(),
-                logs: Default::default(),
-            })
-            .context("cannot create the Kafka consumer (check kafka.properties)")?;
-        let mut topics: Vec<&str> = core
-            .settings
-            .source
-            .topics
-            .iter()
-            .map(String::as_str)
-            .collect();
-        if let Some(pattern) = core
-            .settings
-            .source
-            .topic_pattern
-            .as_deref()
-            .filter(|p| !p.is_empty())
-        {
-            topics.push(pattern);
-        }
-        consumer
-            .subscribe(&topics)
-            .context("cannot subscribe to the source topics")?;
+        let consumer = kafka_source::subscribe(core.clone())?;
         let consumer = Arc::new(consumer);
 
         let listener = tokio::net::TcpListener::bind(core.settings.metrics_addr)
@@ -156,6 +124,20 @@ impl Sink {
         self.stop();
         self.wait().await
     }
+}
+
+/// Opens the store and probes it, so that wrong credentials, a missing bucket or a
+/// directory the sink may not write fail at start, with a hint chosen by error kind.
+async fn open_storage(settings: &SinkSettings) -> anyhow::Result<Storage> {
+    let storage = Storage::open(&settings.storage)?;
+    if let Err(error) = probe(&storage).await {
+        anyhow::bail!(
+            "cannot use storage {}{}: {error}",
+            settings.storage.url,
+            storage_hint(&error)
+        );
+    }
+    Ok(storage)
 }
 
 /// What to check, from the kind of a storage error.
