@@ -11,8 +11,10 @@
 //!   of it is read.
 //!
 //! Positions are `i64`, ordered within a partition and not necessarily contiguous
-//! (compaction leaves holes); a log whose positions are wider (Kinesis sequence numbers
-//! are up to 128 bits) maps them to this order in its source.
+//! (compaction leaves holes). Not yet shaped for Kinesis: its sequence numbers are
+//! decimal strings of up to 129 digits, and the core, the progress markers and the file
+//! names compute with `i64` offsets (`end + 1` is the next range's start). A second log
+//! needs an opaque ordered position there first.
 
 use std::future::Future;
 
