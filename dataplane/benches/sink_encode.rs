@@ -28,6 +28,7 @@ fn records(payload: impl Fn(usize) -> Vec<u8>) -> Vec<SinkRecord> {
             conn_group: Some("web".into()),
             sent_time_us: Some(1_795_320_000_000_000),
             receive_time_us: Some(1_795_320_000_000_000 + i as i64),
+            source_position: None,
         })
         .collect()
 }

@@ -12,21 +12,28 @@
 use std::time::Instant;
 
 use super::consume::Core;
-use super::partition::{Found, PartitionState, Position, Tp};
+use super::partition::{Anchor, Found, PartitionState, Position, Started, Tp};
 use super::progress::Recovery;
 
 impl Core {
     /// Starts a partition from its recovery and, when they could be read, its log's
-    /// first and end positions. Returns where to read it from.
+    /// first and end offsets. Returns where to read it from: the offset, and the same
+    /// place in the log's own positions when the markers know it (for a source that
+    /// seeks by position; Kafka seeks by offset).
     pub fn take_partition(
         &self,
         tp: Tp,
         recovery: Recovery,
         watermarks: Option<(i64, i64)>,
-    ) -> Position {
+    ) -> (Position, Option<Anchor>) {
         let (topic, partition) = (tp.0.clone(), tp.1);
         let epoch = self.lock().next_epoch();
-        let (ps, position, found) = PartitionState::start(
+        let Started {
+            state: ps,
+            position,
+            anchor,
+            found,
+        } = PartitionState::start(
             tp.clone(),
             recovery,
             watermarks,
@@ -60,7 +67,7 @@ impl Core {
         }
         state.map.insert(tp, ps);
         self.metrics.assigned_partitions.set(state.map.len() as i64);
-        position
+        (position, anchor)
     }
 
     /// A partition that could not be started: the sink stops with `why`.

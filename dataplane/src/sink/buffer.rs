@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use weir_crds::sink::{EventTime, FlushSpec};
 
+use super::progress::{RecordFingerprint, SourcePosition};
 use crate::record;
 
 /// Fixed per-record cost counted against the memory budget besides its bytes.
@@ -35,6 +36,8 @@ pub struct SinkRecord {
     pub sent_time_us: Option<i64>,
     /// `weir-receive-time`, Unix microseconds.
     pub receive_time_us: Option<i64>,
+    /// The record's position in its log's own terms, when the log has one (not Kafka).
+    pub source_position: Option<SourcePosition>,
 }
 
 impl SinkRecord {
@@ -68,6 +71,12 @@ impl SinkRecord {
         out
     }
 
+    /// What tells this record from another at its offset (see [`RecordFingerprint`]).
+    pub fn fingerprint(&self) -> RecordFingerprint {
+        RecordFingerprint::of(self.timestamp_ms, self.key.as_deref(), Some(&self.payload))
+            .at(self.source_position.clone())
+    }
+
     /// Bytes this record counts against the memory budget.
     pub fn size(&self) -> usize {
         RECORD_OVERHEAD
@@ -76,6 +85,7 @@ impl SinkRecord {
             + self.event_type.len()
             + self.req_guid.as_ref().map_or(0, String::len)
             + self.conn_group.as_ref().map_or(0, String::len)
+            + self.source_position.as_ref().map_or(0, String::len)
     }
 
     /// The time that places this record in a time partition, Unix microseconds: the

@@ -133,7 +133,7 @@ fn on_message<S: RecordSource>(core: &Arc<Core>, consumer: &Arc<S>, message: &im
             on_regression(core, consumer.as_ref(), &mut state, &tp, reason);
             return;
         }
-        Consumed::Buffered(job) => Vec::from_iter(job),
+        Consumed::Buffered(job) => Vec::from_iter(job.map(|job| *job)),
     };
     jobs.extend(state.over_budget_jobs(core.settings.flush.memory_budget));
     update_buffered(core, &state);

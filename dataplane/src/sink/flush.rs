@@ -15,7 +15,7 @@ use super::encode::{EncodedRange, Encoder};
 use super::failpoint;
 use super::layout::RangeStart;
 use super::metrics::SinkMetrics;
-use super::progress::{self, Claim, ProgressMarker, RecordFingerprint};
+use super::progress::{self, Claim, ProgressMarker, RecordFingerprint, SourcePosition};
 use super::upload::Storage;
 use crate::record;
 
@@ -37,6 +37,8 @@ pub struct FlushJob {
     pub end: i64,
     /// The record at `end`, when it was consumed (not compacted away).
     pub last: Option<RecordFingerprint>,
+    /// The log's own position of the record before `start`, when the log has one.
+    pub after: Option<SourcePosition>,
     /// The range's records, in offset order.
     pub records: Vec<SinkRecord>,
     /// Set when the range's marker already exists (a redo after a crash, or a retry
@@ -163,7 +165,8 @@ impl FlushContext {
             end: job.end,
             records: job.records.len(),
             files: files.clone(),
-            last: job.last,
+            last: job.last.clone(),
+            after: job.after.clone(),
         };
         let rewrite_marker = match &job.marker {
             None => {

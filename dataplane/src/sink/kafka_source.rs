@@ -224,7 +224,8 @@ impl SinkContext {
                     None
                 }
             };
-            let position =
+            // Kafka seeks by offset: the anchor is for logs that cannot.
+            let (position, _anchor) =
                 self.core
                     .take_partition((topic.as_str().into(), partition), recovery, watermarks);
             let offset = match position {

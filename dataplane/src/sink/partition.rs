@@ -21,7 +21,7 @@ use weir_crds::sink::{FlushSpec, OffsetRegressionPolicy};
 
 use super::buffer::{FlushReason, PartitionBuffer, SinkRecord};
 use super::flush::FlushJob;
-use super::progress::{LogCheck, ProgressMarker, RecordFingerprint, Recovery};
+use super::progress::{LogCheck, ProgressMarker, RecordFingerprint, Recovery, SourcePosition};
 
 /// First and longest wait before retrying a failed flush.
 const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
@@ -37,6 +37,31 @@ pub enum Position {
     Beginning,
     /// The log's end (a stopped partition: nothing of it is read).
     End,
+}
+
+/// Where a source that seeks by its own positions (a Kinesis sequence number) rather
+/// than by offset starts reading: the same record as [`Position::At`] names. A source
+/// that seeks by offset (Kafka) ignores it; a source that seeks by position numbers the
+/// records it reads densely from that offset on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Anchor {
+    /// The record at this position comes first.
+    At(SourcePosition),
+    /// The record after this position comes first.
+    After(SourcePosition),
+}
+
+/// A newly assigned partition: its state, where to read it from, and what was found.
+#[derive(Debug)]
+pub struct Started {
+    /// The partition's state.
+    pub state: PartitionState,
+    /// Where to read from.
+    pub position: Position,
+    /// The same place in the log's own positions, when the markers know it.
+    pub anchor: Option<Anchor>,
+    /// What assignment found.
+    pub found: Found,
 }
 
 /// What became of a partition whose log went back.
@@ -75,8 +100,9 @@ pub enum Consumed {
     /// The log went back; the reason names the partition's offsets.
     WentBack(String),
     /// Buffered (or skipped by `source.eventTypes`, still part of the range), with the
-    /// range it completed when one became due.
-    Buffered(Option<FlushJob>),
+    /// range it completed when one became due (boxed: this runs per record, a job once
+    /// per range).
+    Buffered(Option<Box<FlushJob>>),
 }
 
 /// Counts of consumed records, published to metrics by the caller now and then.
@@ -125,6 +151,10 @@ pub struct PartitionState {
     /// `source.eventTypes`; a kept one is the buffer's last record, fingerprinted only
     /// when its range is taken, so the hot path checksums nothing.
     last_fingerprint: Option<RecordFingerprint>,
+    /// The log's own position of the record just before `next_start`, when known: the
+    /// next range's marker keeps it, so a redo can be found again by a source that
+    /// seeks by position.
+    after_next: Option<SourcePosition>,
     /// The newest written record, consumed again first to check that the log still
     /// holds it.
     verify: Option<(i64, RecordFingerprint)>,
@@ -158,7 +188,7 @@ impl PartitionState {
         batch: bool,
         policy: OffsetRegressionPolicy,
         epoch: u64,
-    ) -> (Self, Position, Found) {
+    ) -> Started {
         let check = watermarks.map_or(LogCheck::Consistent, |(low, high)| {
             recovery.check_log(low, high)
         });
@@ -170,6 +200,7 @@ impl PartitionState {
             expected: recovery.resume.unwrap_or(0),
             last_seen: None,
             last_fingerprint: None,
+            after_next: None,
             verify: None,
             regressed: None,
             buffer: PartitionBuffer::default(),
@@ -205,7 +236,11 @@ impl PartitionState {
                 Found::Expired { from, log_start }
             }
             LogCheck::Consistent => {
-                if let (None, Some((end, Some(fingerprint)))) = (&ps.redo, recovery.written)
+                let written = recovery.written.clone();
+                ps.after_next = written
+                    .as_ref()
+                    .and_then(|(_, last)| last.as_ref()?.position.clone());
+                if let (None, Some((end, Some(fingerprint)))) = (&ps.redo, written)
                     && watermarks.is_none_or(|(low, _)| low <= end)
                 {
                     // Read the newest written record again to see that it is still there.
@@ -224,7 +259,30 @@ impl PartitionState {
                 Found::Consistent
             }
         };
-        (ps, position, found)
+        let anchor = ps.anchor(position);
+        Started {
+            state: ps,
+            position,
+            anchor,
+            found,
+        }
+    }
+
+    /// The log's own position of the place `position` names, when the markers know it:
+    /// the record written last (read again to verify it), the record before a range to
+    /// redo, or the record after which the next range starts.
+    fn anchor(&self, position: Position) -> Option<Anchor> {
+        let Position::At(offset) = position else {
+            return None;
+        };
+        match (&self.verify, &self.redo) {
+            (Some((end, fingerprint)), _) if *end == offset => {
+                fingerprint.position.clone().map(Anchor::At)
+            }
+            (_, Some(redo)) if redo.start == offset => redo.after.clone().map(Anchor::After),
+            _ if self.next_start == Some(offset) => self.after_next.clone().map(Anchor::After),
+            _ => None,
+        }
     }
 
     /// Handles a log that went back, as `source.onOffsetRegression` says. The caller
@@ -261,6 +319,7 @@ impl PartitionState {
                 self.expected = 0;
                 self.last_seen = None;
                 self.last_fingerprint = None;
+                self.after_next = None;
                 self.verify = None;
                 Regression::Restart
             }
@@ -336,7 +395,7 @@ impl PartitionState {
             None if job.is_none() => job = self.due(now, flush).and_then(|r| self.take(r)),
             None => {}
         }
-        Consumed::Buffered(job)
+        Consumed::Buffered(job.map(Box::new))
     }
 
     /// Why the buffer should be flushed now, if it should: a limit of `flush`, or a
@@ -375,13 +434,14 @@ impl PartitionState {
         let records = self.buffer.take();
         let last = match records.last() {
             _ if self.last_seen != Some(end) => None,
-            Some(r) if r.offset == end => Some(RecordFingerprint::of(
-                r.timestamp_ms,
-                r.key.as_deref(),
-                Some(&r.payload),
-            )),
-            _ => self.last_fingerprint,
+            Some(r) if r.offset == end => Some(r.fingerprint()),
+            _ => self.last_fingerprint.clone(),
         };
+        let after = match &marker {
+            Some(marker) => marker.after.clone(),
+            None => self.after_next.clone(),
+        };
+        self.after_next = last.as_ref().and_then(|f| f.position.clone());
         self.flushing = true;
         self.in_flight_bytes = bytes;
         if marker.is_some() {
@@ -389,6 +449,7 @@ impl PartitionState {
             self.last_seen = None;
         }
         Some(FlushJob {
+            after,
             topic: self.tp.0.clone(),
             partition: self.tp.1,
             generation: self.generation,

@@ -36,7 +36,18 @@ pub struct ProgressMarker {
     /// it or was replaced by another with the same offsets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<RecordFingerprint>,
+    /// The log's own position of the record just before `start` (the previous range's
+    /// last), for logs that cannot seek by offset (see [`SourcePosition`]); absent for
+    /// Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<SourcePosition>,
 }
+
+/// A record's position in its log's own terms, for logs whose positions are not the
+/// sink's dense `i64` offsets: a Kinesis sequence number (a decimal string of up to 129
+/// digits). Such a source numbers a shard's records densely itself and finds them
+/// again by these positions, which markers keep; Kafka has none.
+pub type SourcePosition = String;
 
 fn is_zero(generation: &u32) -> bool {
     *generation == 0
@@ -54,7 +65,7 @@ impl ProgressMarker {
 
 /// What tells one Kafka record from another at the same offset: its timestamp and a
 /// checksum of its key and value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordFingerprint {
     /// Kafka timestamp, Unix milliseconds.
@@ -62,6 +73,9 @@ pub struct RecordFingerprint {
     pub timestamp_ms: Option<i64>,
     /// CRC-32 of the key's length, the key and the value.
     pub crc32: u32,
+    /// The record's position in its log's own terms, when the log has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<SourcePosition>,
 }
 
 impl RecordFingerprint {
@@ -75,7 +89,13 @@ impl RecordFingerprint {
         Self {
             timestamp_ms,
             crc32: hasher.finalize(),
+            position: None,
         }
+    }
+
+    /// The same fingerprint, with the record's position in its log's own terms.
+    pub fn at(self, position: Option<SourcePosition>) -> Self {
+        Self { position, ..self }
     }
 }
 
@@ -142,7 +162,7 @@ impl Recovery {
             resume: Some(marker.end + 1),
             redo: None,
             generation: marker.generation,
-            written: Some((marker.end, marker.last)),
+            written: Some((marker.end, marker.last.clone())),
         };
         if !complete {
             recovery.resume = Some(marker.start);

@@ -10,11 +10,13 @@
 //!   given or loses a partition (a Kafka rebalance, a Kinesis lease), before any record
 //!   of it is read.
 //!
-//! Positions are `i64`, ordered within a partition and not necessarily contiguous
-//! (compaction leaves holes). Not yet shaped for Kinesis: its sequence numbers are
-//! decimal strings of up to 129 digits, and the core, the progress markers and the file
-//! names compute with `i64` offsets (`end + 1` is the next range's start). A second log
-//! needs an opaque ordered position there first.
+//! Offsets are the sink's dense `i64` numbering of a partition's records, ordered and
+//! not necessarily contiguous (compaction leaves holes). A log that seeks by its own
+//! positions instead (Kinesis sequence numbers: decimal strings of up to 129 digits)
+//! numbers each shard's records densely itself, from the offset its partition was
+//! taken at, and reports each record's own position ([`LogRecord::source_position`]):
+//! markers keep the positions around their ranges, and taking a partition returns the
+//! [`super::partition::Anchor`] to start reading at.
 
 use std::future::Future;
 
@@ -22,7 +24,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use super::buffer::SinkRecord;
 use super::partition::Tp;
-use super::progress::RecordFingerprint;
+use super::progress::{RecordFingerprint, SourcePosition};
 
 /// One record of a partition, as its log hands it over.
 pub trait LogRecord {
@@ -40,22 +42,30 @@ pub trait LogRecord {
     fn payload(&self) -> Option<&[u8]>;
     /// The record's headers, in order.
     fn headers(&self) -> Vec<(&str, Option<&[u8]>)>;
+    /// The record's position in its log's own terms, for logs that do not seek by
+    /// offset (a Kinesis sequence number); Kafka has none.
+    fn source_position(&self) -> Option<SourcePosition> {
+        None
+    }
 
-    /// The checksum that tells this record from another at the same position.
+    /// What tells this record from another at the same offset.
     fn fingerprint(&self) -> RecordFingerprint {
         RecordFingerprint::of(self.timestamp_ms(), self.key(), self.payload())
+            .at(self.source_position())
     }
 
     /// The record with the gateway's headers parsed.
     fn to_sink_record(&self) -> SinkRecord {
-        SinkRecord::from_parts(
+        let mut record = SinkRecord::from_parts(
             self.topic(),
             self.offset(),
             self.timestamp_ms(),
             self.key(),
             self.payload(),
             self.headers(),
-        )
+        );
+        record.source_position = self.source_position();
+        record
     }
 }
 

@@ -50,6 +50,7 @@ fn record(offset: i64, event_type: &str, payload: Vec<u8>) -> SinkRecord {
         conn_group: None,
         sent_time_us: Some(1),
         receive_time_us: Some(1_795_320_306_000_000),
+        source_position: None,
     }
 }
 

@@ -29,13 +29,27 @@ fn payload(offset: i64) -> Vec<u8> {
     format!("record {offset}").into_bytes()
 }
 
+/// The record's position in its log's own terms, as a Kinesis sequence number would
+/// be: sparse, long and decimal. The core passes positions through; Kafka has none.
+fn seq(offset: i64) -> SourcePosition {
+    format!("4959{:052}", offset * 7 + 3)
+}
+
 fn fingerprint(offset: i64) -> RecordFingerprint {
-    RecordFingerprint::of(Some(offset), Some(b"k"), Some(&payload(offset)))
+    RecordFingerprint::of(Some(offset), Some(b"k"), Some(&payload(offset))).at(Some(seq(offset)))
 }
 
 fn record(offset: i64) -> SinkRecord {
     let payload = payload(offset);
-    SinkRecord::from_parts(TOPIC, offset, Some(offset), Some(b"k"), Some(&payload), [])
+    let mut record =
+        SinkRecord::from_parts(TOPIC, offset, Some(offset), Some(b"k"), Some(&payload), []);
+    record.source_position = Some(seq(offset));
+    record
+}
+
+/// The parts of a start the tests look at.
+fn parts(started: Started) -> (PartitionState, Position, Found) {
+    (started.state, started.position, started.found)
 }
 
 /// Consumes `offset` (kept unless `skip`).
@@ -56,14 +70,14 @@ fn consume(
 }
 
 fn fresh(recovery: Recovery) -> (PartitionState, Position, Found) {
-    PartitionState::start(
+    parts(PartitionState::start(
         tp(),
         recovery,
         Some((0, 1000)),
         false,
         OffsetRegressionPolicy::Fail,
         1,
-    )
+    ))
 }
 
 fn marker(start: i64, end: i64) -> ProgressMarker {
@@ -76,12 +90,13 @@ fn marker(start: i64, end: i64) -> ProgressMarker {
         records: (end - start + 1) as usize,
         files: vec![format!("f{start}")],
         last: Some(fingerprint(end)),
+        after: (start > 0).then(|| seq(start - 1)),
     }
 }
 
 fn job_of(consumed: Consumed) -> FlushJob {
     match consumed {
-        Consumed::Buffered(Some(job)) => job,
+        Consumed::Buffered(Some(job)) => *job,
         other => panic!("expected a flush job, got {other:?}"),
     }
 }
@@ -161,7 +176,14 @@ fn a_redo_writes_exactly_its_range_even_when_its_last_record_is_gone() {
     let now = Instant::now();
     let flush = flush_spec(100);
     let recovery = Recovery::from_newest(Some((marker(5, 7), false)), None);
-    let (mut ps, position, _) = fresh(recovery);
+    let started =
+        PartitionState::start(tp(), recovery, None, false, OffsetRegressionPolicy::Fail, 1);
+    assert_eq!(
+        started.anchor,
+        Some(Anchor::After(seq(4))),
+        "found again by position"
+    );
+    let (mut ps, position, _) = parts(started);
     assert_eq!(position, Position::At(5));
     assert!(matches!(
         consume(&mut ps, 5, false, now, &flush),
@@ -188,6 +210,18 @@ fn the_resume_point_is_read_again_and_must_be_the_record_written() {
     let recovery = Recovery::from_newest(Some((marker(0, 9), true)), Some(10));
     let (mut ps, position, _) = fresh(recovery.clone());
     assert_eq!(position, Position::At(9));
+    assert_eq!(
+        PartitionState::start(
+            tp(),
+            recovery.clone(),
+            None,
+            false,
+            OffsetRegressionPolicy::Fail,
+            1
+        )
+        .anchor,
+        Some(Anchor::At(seq(9))),
+    );
     assert!(matches!(
         consume(&mut ps, 9, false, now, &flush),
         Consumed::Verified
@@ -215,27 +249,27 @@ fn the_resume_point_is_read_again_and_must_be_the_record_written() {
 #[test]
 fn a_log_that_ends_below_what_was_written_stops_or_starts_a_new_generation() {
     let written = || Recovery::from_newest(Some((marker(0, 99), true)), None);
-    let (ps, position, found) = PartitionState::start(
+    let (ps, position, found) = parts(PartitionState::start(
         tp(),
         written(),
         Some((0, 10)),
         false,
         OffsetRegressionPolicy::Fail,
         1,
-    );
+    ));
     assert_eq!(
         (position, found),
         (Position::End, Found::Regressed(Regression::Stop))
     );
     assert!(ps.regressed.as_deref().unwrap().contains("newGeneration"));
-    let (mut ps, position, found) = PartitionState::start(
+    let (mut ps, position, found) = parts(PartitionState::start(
         tp(),
         written(),
         Some((0, 10)),
         false,
         OffsetRegressionPolicy::NewGeneration,
         1,
-    );
+    ));
     assert_eq!(
         (position, found),
         (Position::Beginning, Found::Regressed(Regression::Restart))
@@ -247,14 +281,14 @@ fn a_log_that_ends_below_what_was_written_stops_or_starts_a_new_generation() {
 #[test]
 fn records_deleted_before_they_were_written_are_reported_and_skipped() {
     let recovery = Recovery::from_newest(None, Some(5));
-    let (ps, position, found) = PartitionState::start(
+    let (ps, position, found) = parts(PartitionState::start(
         tp(),
         recovery,
         Some((20, 30)),
         false,
         OffsetRegressionPolicy::Fail,
         1,
-    );
+    ));
     assert_eq!(position, Position::At(20));
     assert_eq!(
         found,
@@ -287,14 +321,14 @@ fn the_memory_budget_takes_the_biggest_buffers() {
     let flush = flush_spec(1000);
     let mut partitions = Partitions::default();
     for (partition, records) in [(0, 1), (1, 5), (2, 3)] {
-        let (mut ps, _, _) = PartitionState::start(
+        let (mut ps, _, _) = parts(PartitionState::start(
             (TOPIC.into(), partition),
             Recovery::default(),
             None,
             false,
             OffsetRegressionPolicy::Fail,
             partitions.next_epoch(),
-        );
+        ));
         for offset in 0..records {
             consume(&mut ps, offset, false, now, &flush);
         }
@@ -423,7 +457,7 @@ impl World {
             .map(|s| (s.marker.clone(), s.complete));
         let recovery = Recovery::from_newest(newest, self.committed);
         self.epoch += 1;
-        let (state, position, found) = PartitionState::start(
+        let started = PartitionState::start(
             tp(),
             recovery,
             Some((0, self.log_len())),
@@ -431,9 +465,33 @@ impl World {
             OffsetRegressionPolicy::Fail,
             self.epoch,
         );
-        assert_eq!(found, Found::Consistent, "the log never changes here");
-        self.state = state;
-        self.position(position);
+        assert_eq!(
+            started.found,
+            Found::Consistent,
+            "the log never changes here"
+        );
+        self.state = started.state;
+        self.position(started.position);
+        // A source that seeks by its own positions finds the same record.
+        if let Some(anchor) = started.anchor {
+            let index = |p: &SourcePosition| (0..self.log_len()).find(|o| seq(*o) == *p);
+            let by_anchor = match &anchor {
+                Anchor::At(p) => index(p),
+                Anchor::After(p) => index(p).map(|o| o + 1),
+            };
+            assert_eq!(
+                by_anchor,
+                Some(self.cursor),
+                "{anchor:?} is not offset {}",
+                self.cursor
+            );
+        } else if let Position::At(offset) = started.position {
+            // Only the very start of a log may lack a position to find it by.
+            assert!(
+                offset == 0 || self.store.values().all(|s| !s.complete),
+                "no anchor for offset {offset}"
+            );
+        }
         self.in_flight = None;
     }
 
@@ -454,7 +512,7 @@ impl World {
         let skip = self.skipped[offset as usize];
         match consume(&mut self.state, offset, skip, self.now, &self.flush) {
             Consumed::WentBack(reason) => panic!("the same log was taken for another: {reason}"),
-            Consumed::Buffered(Some(job)) => self.start(job, 0),
+            Consumed::Buffered(Some(job)) => self.start(*job, 0),
             Consumed::Buffered(None) | Consumed::Ignored | Consumed::Verified => {}
         }
     }
@@ -490,7 +548,8 @@ impl World {
             end: job.end,
             records: offsets.len(),
             files: offsets.iter().map(|o| format!("f{o}")).collect(),
-            last: job.last,
+            last: job.last.clone(),
+            after: job.after.clone(),
         };
         let key = (job.generation, job.start);
         if job.marker.is_none() {
