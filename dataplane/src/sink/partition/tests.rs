@@ -10,6 +10,7 @@ use weir_crds::sink::{FlushSpec, OffsetRegressionPolicy};
 
 use super::*;
 use crate::sink::partitions::Partitions;
+use crate::sink::progress::Recovery;
 
 const TOPIC: &str = "t";
 
