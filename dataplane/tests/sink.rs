@@ -466,25 +466,32 @@ async fn two_sinks_in_one_group_share_partitions_through_rebalances() {
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = kafka.bootstrap_servers();
     let spec = sink_spec(&bootstrap, dir.path());
-    let producing = {
+    let produce_rounds = |rounds: std::ops::Range<usize>| {
         let bootstrap = bootstrap.clone();
         tokio::spawn(async move {
-            for round in 0..30 {
+            for round in rounds {
                 produce(&bootstrap, round * 50, 50, json_payload).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     };
+    // The first sink alone writes the first round (the mock broker's group join takes
+    // seconds, so waiting for its files is what makes it a member with work).
     let first = Sink::start(SinkSettings::try_from(spec.clone()).unwrap())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    produce_rounds(0..1).await.unwrap();
+    wait_for_records(dir.path(), 50, Duration::from_secs(60)).await;
+    // Records keep coming while the second joins and the first leaves.
+    let producing = produce_rounds(1..15);
     let second = Sink::start(SinkSettings::try_from(spec.clone()).unwrap())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let first_report = first.shutdown().await.unwrap();
     producing.await.unwrap();
+    // Only the second can write what comes after the first left.
+    produce_rounds(15..30).await.unwrap();
     let report = wait_for_records(dir.path(), 1500, Duration::from_secs(60)).await;
     let second_report = second.shutdown().await.unwrap();
     assert!(first_report.records_written > 0, "{first_report:?}");
