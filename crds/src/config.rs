@@ -8,7 +8,10 @@
 //! levels and snake_case segments become camelCase, so
 //! `WEIR__KAFKA__BOOTSTRAP_SERVERS=broker:9092` sets `kafka.bootstrapServers`. A segment
 //! containing a `.` is kept verbatim (`WEIR__KAFKA__PROPERTIES__linger.ms=5`). Values are
-//! read as YAML scalars: quote a number that must stay a string.
+//! read as YAML scalars (quote a number that must stay a string), except in the string
+//! maps `kafka.properties` and `storage.options`, whose keys and values are taken
+//! exactly as written: a password `abc #x` or a value `0x1F` must reach librdkafka or
+//! the store unchanged, not as a YAML comment or the number 31.
 //!
 //! Reading only parses; [`crate::settings`] checks what the types alone cannot, once.
 
@@ -169,15 +172,28 @@ fn camel_case(segment: &str) -> String {
     out
 }
 
+/// The maps of strings whose entries environment overrides set verbatim.
+const STRING_MAPS: [[&str; 2]; 2] = [["kafka", "properties"], ["storage", "options"]];
+
 fn apply_env_overrides(value: &mut Value, env: impl IntoIterator<Item = (String, String)>) {
     for (key, raw) in env {
         let Some(path) = key.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        let segments: Vec<String> = path.split("__").map(camel_case).collect();
-        let parsed = match crate::yaml::check_nesting(&raw) {
-            Ok(()) => serde_yaml::from_str::<Value>(&raw).unwrap_or(Value::String(raw)),
-            Err(_) => Value::String(raw),
+        let mut segments: Vec<String> = path.split("__").map(camel_case).collect();
+        let in_string_map =
+            segments.len() == 3 && STRING_MAPS.iter().any(|m| segments[..2] == m[..]);
+        if in_string_map {
+            // A map's key is the option's own name (`aws_secret_access_key`), as written.
+            segments[2] = path.rsplit("__").next().unwrap_or_default().to_string();
+        }
+        let parsed = if in_string_map {
+            Value::String(raw)
+        } else {
+            match crate::yaml::check_nesting(&raw) {
+                Ok(()) => serde_yaml::from_str::<Value>(&raw).unwrap_or(Value::String(raw)),
+                Err(_) => Value::String(raw),
+            }
         };
         set_path(value, &segments, parsed);
     }
@@ -275,6 +291,37 @@ mod tests {
         assert_eq!(spec.kafka.delivery_timeout, Duration::from_secs(10));
         assert_eq!(spec.acks, AckMode::Async);
         assert_eq!(spec.limits.max_batch_bytes, 1000);
+    }
+
+    #[test]
+    fn string_map_overrides_are_taken_verbatim() {
+        let spec = load_text(
+            "",
+            &[
+                ("WEIR__KAFKA__PROPERTIES__sasl.password", "abc #x"),
+                ("WEIR__KAFKA__PROPERTIES__batch.num.messages", "0x1F"),
+                ("WEIR__KAFKA__PROPERTIES__enable.idempotence", "true"),
+                ("WEIR__LIMITS__MAX_EVENTS_PER_BATCH", "0x1F"),
+            ],
+        )
+        .unwrap();
+        let properties = &spec.kafka.properties;
+        assert_eq!(properties["sasl.password"], "abc #x");
+        assert_eq!(properties["batch.num.messages"], "0x1F");
+        assert_eq!(properties["enable.idempotence"], "true");
+        assert_eq!(
+            spec.limits.max_events_per_batch, 31,
+            "other fields stay YAML"
+        );
+        let sink = read_sink(
+            None,
+            [(
+                "WEIR__STORAGE__OPTIONS__aws_secret_access_key".to_string(),
+                "s3cr3t: #1".to_string(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(sink.storage.options["aws_secret_access_key"], "s3cr3t: #1");
     }
 
     #[test]
