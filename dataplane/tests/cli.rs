@@ -229,3 +229,37 @@ fn sink_configuration_errors_name_the_field_and_print_config_shows_defaults() {
     assert!(printed.contains("url: s3://bucket/prefix"), "{printed}");
     assert!(printed.contains("groupId: weir-sink"), "{printed}");
 }
+
+#[test]
+fn logs_carry_no_colour_codes_when_not_on_a_terminal() {
+    let data = tempfile::tempdir().unwrap();
+    let mut dev = Command::new(WEIR)
+        .args(["dev", "--no-sink"])
+        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .args(["--metrics", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("WEIR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = dev.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let listening = loop {
+        let line = received
+            .recv_timeout(Duration::from_secs(60))
+            .expect("weir dev logs that the gateway listens");
+        if line.contains("gateway listening") {
+            break line;
+        }
+    };
+    let _ = dev.kill();
+    let _ = dev.wait();
+    assert!(!listening.contains('\u{1b}'), "{listening:?}");
+    assert!(listening.contains("INFO"), "{listening:?}");
+}

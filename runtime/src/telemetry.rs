@@ -2,6 +2,7 @@
 //! process signals, the ops HTTP server, Prometheus text rendering and label budgets.
 
 use std::collections::HashSet;
+use std::io::IsTerminal;
 use std::sync::RwLock;
 
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -35,14 +36,16 @@ pub struct LogArgs {
 }
 
 /// Installs the tracing subscriber. `WEIR_LOG` (or `RUST_LOG`) sets the filter; the
-/// default is `info`.
+/// default is `info`. Text logs are coloured only when stderr is a terminal.
 pub fn init(format: LogFormat) {
     let filter = std::env::var("WEIR_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .map(EnvFilter::new)
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a terminal: in a pod or a file they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
