@@ -60,6 +60,15 @@ fn sink_spec(bootstrap: &str, dir: &Path) -> SinkSpec {
     spec
 }
 
+/// A batch run whose ranges end only at the end offsets seen at start.
+fn batch_spec(bootstrap: &str, dir: &Path) -> SinkSpec {
+    let mut spec = sink_spec(bootstrap, dir);
+    spec.mode = SinkMode::Batch;
+    spec.flush.max_age = Duration::from_secs(3600);
+    spec.flush.max_records = 1000;
+    spec
+}
+
 /// Produces `count` records numbered from `first`, alternating two event types, with
 /// the gateway's headers.
 async fn produce(bootstrap: &str, first: usize, count: usize, payload: impl Fn(usize) -> Vec<u8>) {
@@ -408,10 +417,7 @@ async fn batch_mode_drains_to_the_end_offsets_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = kafka.bootstrap_servers();
     produce(&bootstrap, 0, 120, json_payload).await;
-    let mut spec = sink_spec(&bootstrap, dir.path());
-    spec.mode = SinkMode::Batch;
-    spec.flush.max_age = Duration::from_secs(3600);
-    spec.flush.max_records = 1000;
+    let spec = batch_spec(&bootstrap, dir.path());
     let mut sink = Sink::start(SinkSettings::try_from(spec.clone()).unwrap())
         .await
         .unwrap();
@@ -652,11 +658,8 @@ async fn a_resume_after_a_skipped_last_record_finds_the_log_unchanged() {
     let bootstrap = kafka.bootstrap_servers();
     // Even numbers are page views, odd ones clicks: offset 99, the last, is skipped.
     produce(&bootstrap, 0, 100, json_payload).await;
-    let mut spec = sink_spec(&bootstrap, dir.path());
-    spec.mode = SinkMode::Batch;
+    let mut spec = batch_spec(&bootstrap, dir.path());
     spec.source.event_types = vec!["page_view".into()];
-    spec.flush.max_records = 1000;
-    spec.flush.max_age = Duration::from_secs(3600);
     for (run, expected) in [(0, 50), (1, 5)] {
         if run == 1 {
             produce(&bootstrap, 100, 10, json_payload).await;

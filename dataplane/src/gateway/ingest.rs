@@ -252,6 +252,7 @@ fn sent_time_micros(sent_time: Option<&prost_types::Timestamp>) -> Result<Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::publish::{BatchState, LogError, PendingBatch};
     use prost_types::Timestamp;
 
     #[test]
@@ -284,8 +285,7 @@ mod tests {
             &self,
             outgoing: &mut dyn ExactSizeIterator<Item = Outgoing<'_>>,
             _context: &BatchContext<'_>,
-        ) -> super::super::publish::PendingBatch {
-            use super::super::publish::{BatchState, PendingBatch};
+        ) -> PendingBatch {
             let state = BatchState::new(outgoing.len());
             let indices: Vec<u32> = outgoing.map(|e| e.index as u32).collect();
             for &index in indices.iter().filter(|i| self.0.contains(i)) {
@@ -303,11 +303,11 @@ mod tests {
             0
         }
 
-        fn flush(&self, _: Duration) -> Result<(), super::super::publish::LogError> {
+        fn flush(&self, _: Duration) -> Result<(), LogError> {
             Ok(())
         }
 
-        fn check_reachable(&self, _: Duration) -> Result<(), super::super::publish::LogError> {
+        fn check_reachable(&self, _: Duration) -> Result<(), LogError> {
             Ok(())
         }
     }
