@@ -87,7 +87,10 @@ pub fn read_pipeline(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<PipelineSpec, ConfigError> {
-    from_value(load_value(path, env, "IngestPipeline")?)
+    let value = load_value(path, env, "IngestPipeline")?;
+    let spec = from_value(value.clone())?;
+    check_rules(crate::rules::Kind::IngestPipeline, &value)?;
+    Ok(spec)
 }
 
 /// Reads the sink spec from an optional file and the given environment. The spec is
@@ -96,7 +99,17 @@ pub fn read_sink(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<SinkSpec, ConfigError> {
-    from_value(load_value(path, env, "SinkBinding")?)
+    let value = load_value(path, env, "SinkBinding")?;
+    let spec = from_value(value.clone())?;
+    check_rules(crate::rules::Kind::SinkBinding, &value)?;
+    Ok(spec)
+}
+
+/// The CRD's CEL rules on a spec whose fields have the right types: what the API server
+/// refuses, `weir gateway -f` and `weir sink -f` refuse too.
+fn check_rules(kind: crate::rules::Kind, value: &Value) -> Result<(), ConfigError> {
+    let json = serde_json::to_value(value).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    crate::rules::check_spec(kind, &json)
 }
 
 /// The spec as YAML: the file's (bare or from a manifest of `kind`) with the
@@ -362,7 +375,8 @@ mod tests {
             (
                 "topics:\n  - name: ok\n  - name: 'no good'\n",
                 &[],
-                "topics[1].name",
+                // The CRD's rule on the item, as the API server reports it.
+                "topics[1]: a topic name is",
             ),
             (
                 "auth:\n  tokens: [good, '']\n",

@@ -8,11 +8,13 @@
 //! routing table. Nothing here does network I/O, so the operator links none of the
 //! data plane's dependencies.
 
+pub mod byte_size;
 pub mod config;
 pub mod kafka_names;
 pub mod pipeline;
 pub mod resources;
 pub mod routing;
+pub mod rules;
 pub mod settings;
 pub mod sink;
 pub mod yaml;

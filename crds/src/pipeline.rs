@@ -278,12 +278,16 @@ pub enum AckMode {
 pub struct LimitsSpec {
     /// Largest batch accepted, in bytes after decompression (HTTP body, WebSocket message,
     /// gRPC message). Larger batches get PAYLOAD_TOO_LARGE (HTTP 413).
+    #[serde(with = "crate::byte_size")]
+    #[schemars(schema_with = "crate::byte_size::schema")]
     pub max_batch_bytes: usize,
     /// Most events in one batch. More get BAD_REQUEST.
     pub max_events_per_batch: usize,
     /// Bytes of event payload accepted but not yet acknowledged by Kafka, across all
     /// connections. A batch that finds no room within `admissionTimeout` gets
     /// RATE_LIMITED (HTTP 429 with Retry-After).
+    #[serde(with = "crate::byte_size")]
+    #[schemars(schema_with = "crate::byte_size::schema")]
     pub max_inflight_bytes: usize,
     /// Batches one WebSocket connection may have in flight; past this the gateway stops
     /// reading from that connection until replies go out.
@@ -291,6 +295,8 @@ pub struct LimitsSpec {
     /// Bytes of batches one WebSocket connection may have in flight (received, not yet
     /// answered); past this the gateway stops reading from it. A batch larger than this
     /// still goes through, alone.
+    #[serde(with = "crate::byte_size")]
+    #[schemars(schema_with = "crate::byte_size::schema")]
     pub max_inflight_bytes_per_connection: usize,
     /// How long a batch may wait for room under `maxInflightBytes`.
     #[serde(with = "humantime_serde")]
@@ -451,8 +457,12 @@ pub struct WebSocketSpec {
     pub idle_timeout: Duration,
     /// Answer bytes one connection may have waiting to be written. When its answers do
     /// not drain within `limits.writeTimeout`, the connection is closed (1008).
+    #[serde(with = "crate::byte_size")]
+    #[schemars(schema_with = "crate::byte_size::schema")]
     pub max_queued_answer_bytes: usize,
     /// Answer bytes all connections together may have waiting to be written.
+    #[serde(with = "crate::byte_size")]
+    #[schemars(schema_with = "crate::byte_size::schema")]
     pub max_queued_answer_bytes_total: usize,
 }
 

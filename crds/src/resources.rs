@@ -15,7 +15,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -94,6 +97,82 @@ pub struct GatewayWorkload {
     /// of the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_secret: Option<String>,
+    /// Scheduling, identity and logging of the gateway's pods.
+    #[serde(default, skip_serializing_if = "PodSettings::is_empty")]
+    pub pod: PodSettings,
+}
+
+/// What a workload's pods carry besides the container Weir defines: the pod-level
+/// settings platform teams set on every workload. Each is passed to the pod template
+/// unchanged; Kubernetes validates them as it does for any pod.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSettings {
+    /// The ServiceAccount the pods run as, e.g. one annotated for IRSA or Workload
+    /// Identity so the sink reaches S3 without static keys. Unset: the namespace's
+    /// `default`. The API token is still not mounted: those webhooks inject their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub service_account_name: Option<String>,
+    /// Node labels the pods must run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod (anti-)affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the pods spread across zones and nodes. A constraint without a
+    /// `labelSelector` gets one matching this workload's pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Extra environment variables of the container, after Weir's own, e.g. `WEIR_LOG`
+    /// for the log filter or `WEIR__…` configuration overrides from a Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Annotations of the pods (not of the Deployment).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Extra labels of the pods. Weir's own labels win over these, so the selector keeps
+    /// matching.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Log format of the container: `json` (unset; one object per line, for log
+    /// collectors) or `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<PodLogFormat>,
+}
+
+impl PodSettings {
+    /// Whether nothing is set (so it does not serialize).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A pod's log format. The names are those of `weir --log-format`.
+#[derive(JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable lines, no colour.
+    Text,
+}
+
+impl PodLogFormat {
+    /// The value of `--log-format`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Text => "text",
+        }
+    }
 }
 
 /// CPU-based horizontal autoscaling.
@@ -240,6 +319,9 @@ pub struct SinkWorkload {
     /// for `schema.descriptorSet`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub descriptor_config_map: Option<String>,
+    /// Scheduling, identity and logging of the sink's pods.
+    #[serde(default, skip_serializing_if = "PodSettings::is_empty")]
+    pub pod: PodSettings,
 }
 
 /// What the operator observed about a SinkBinding.

@@ -118,6 +118,8 @@ pub struct StorageSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_access_key_file: Option<String>,
     /// Files larger than this are uploaded in parts of this size (multipart upload).
+    #[serde(with = "crate::byte_size")]
+    #[schemars(schema_with = "crate::byte_size::schema")]
     pub part_size: usize,
     /// Further object-store options passed through (the `object_store` crate's keys,
     /// e.g. `aws_session_token`, `google_service_account`).
@@ -240,6 +242,8 @@ pub struct FlushSpec {
     /// Records buffered per Kafka partition before a flush.
     pub max_records: usize,
     /// Payload bytes buffered per Kafka partition before a flush.
+    #[serde(with = "crate::byte_size")]
+    #[schemars(schema_with = "crate::byte_size::schema")]
     pub max_bytes: usize,
     /// Longest time a record waits in a buffer.
     #[serde(with = "humantime_serde")]
@@ -247,6 +251,8 @@ pub struct FlushSpec {
     pub max_age: Duration,
     /// Bytes buffered across all partitions; above it the biggest buffers are flushed
     /// first.
+    #[serde(with = "crate::byte_size")]
+    #[schemars(schema_with = "crate::byte_size::schema")]
     pub memory_budget: usize,
 }
 

@@ -6,6 +6,9 @@ use weir_crds::{PipelineSpec, SinkSpec};
 
 fn collect(schema: &Value, defs: &Value, prefix: &str, out: &mut Vec<String>) {
     let schema = match schema.get("$ref").and_then(Value::as_str) {
+        // Kubernetes' own types (tolerations, affinity, env, …) are documented by
+        // Kubernetes: their insides are not listed.
+        Some(r) if r.contains("io.k8s.") => return,
         Some(r) => &defs[r.trim_start_matches("#/$defs/")],
         None => schema,
     };

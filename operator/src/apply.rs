@@ -150,9 +150,9 @@ impl Applier<'_> {
         let mut pruned = Vec::new();
         pruned.extend(self.prune::<ConfigMap>(owner, &keep("ConfigMap")).await?);
         pruned.extend(self.prune::<Deployment>(owner, &keep("Deployment")).await?);
+        pruned.extend(self.prune::<Service>(owner, &keep("Service")).await?);
         match kinds {
             ChildKinds::Gateway => {
-                pruned.extend(self.prune::<Service>(owner, &keep("Service")).await?);
                 pruned.extend(
                     self.prune::<HorizontalPodAutoscaler>(owner, &keep("HorizontalPodAutoscaler"))
                         .await?,

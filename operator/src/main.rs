@@ -46,6 +46,10 @@ enum Command {
         /// How long the Lease stays valid without renewal.
         #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
         lease_ttl: Duration,
+        /// Reconcile only the resources of these namespaces (comma-separated), with
+        /// namespaced watches only. Unset: every namespace.
+        #[arg(long, env = "WEIR_WATCH_NAMESPACES", value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
     },
     /// Print the objects the operator would apply for these manifests; no cluster needed.
     Render {
@@ -106,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             lease_name,
             holder,
             lease_ttl,
+            watch_namespaces,
         } => {
             weir_runtime::telemetry::init(cli.log.log_format);
             let holder = holder.unwrap_or_else(replica_identity);
@@ -124,6 +129,11 @@ async fn main() -> anyhow::Result<()> {
                 lease_name,
                 holder,
                 lease_ttl,
+                watch_namespaces: watch_namespaces
+                    .into_iter()
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
             };
             run(client, ctx, settings).await?;
         }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use weir_crds::resources::{IngestPipeline, SinkBinding};
+use weir_crds::rules::Kind;
 
 use crate::build::{self, Child, Defaults};
 
@@ -72,13 +73,13 @@ impl Manifests {
                 match kind {
                     Some(WeirKind::IngestPipeline) => {
                         let mut pipeline: IngestPipeline = typed(&value).map_err(parse)?;
-                        check_rules(0, &value).map_err(parse)?;
+                        check_rules(Kind::IngestPipeline, &value).map_err(parse)?;
                         pipeline.metadata.namespace.get_or_insert(namespace.into());
                         manifests.pipelines.push(pipeline);
                     }
                     Some(WeirKind::SinkBinding) => {
                         let mut binding: SinkBinding = typed(&value).map_err(parse)?;
-                        check_rules(1, &value).map_err(parse)?;
+                        check_rules(Kind::SinkBinding, &value).map_err(parse)?;
                         binding.metadata.namespace.get_or_insert(namespace.into());
                         manifests.bindings.push(binding);
                     }
@@ -185,30 +186,15 @@ fn admit(value: &serde_yaml::Value) -> Result<Option<WeirKind>, String> {
     Ok(Some(weir_kind))
 }
 
-/// The validation rules of CRD `crd` (0: IngestPipeline, 1: SinkBinding) on a document
-/// whose fields have the right types, evaluated by the CEL library the CRD tests use.
-fn check_rules(crd: usize, value: &serde_yaml::Value) -> Result<(), String> {
-    let crd = &CRDS[crd];
-    let schema = crd.spec.versions[0]
-        .schema
-        .as_ref()
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
+/// The CRDs' rules on a document whose fields have the right types.
+fn check_rules(kind: Kind, value: &serde_yaml::Value) -> Result<(), String> {
     let object = serde_json::to_value(value).map_err(|e| e.to_string())?;
-    match kube::core::cel::Validator::new().validate(&schema, &object, None) {
-        Ok(()) => Ok(()),
-        Err(errors) => {
-            let messages: Vec<String> = errors
-                .into_vec()
-                .into_iter()
-                .map(|e| format!("{}: {}", e.field_path, e.message))
-                .collect();
-            Err(messages.join("; "))
-        }
+    let broken = weir_crds::rules::broken(kind, &object);
+    if broken.is_empty() {
+        return Ok(());
     }
+    let messages: Vec<String> = broken.iter().map(ToString::to_string).collect();
+    Err(messages.join("; "))
 }
 
 const GROUP: &str = "weir.dev";

@@ -40,6 +40,23 @@ pub struct RunSettings {
     pub holder: String,
     /// How long a Lease stays valid without renewal.
     pub lease_ttl: Duration,
+    /// The namespaces whose resources it reconciles; empty: every namespace. With a
+    /// list, every watch is namespaced, so the operator needs no cluster-wide rights.
+    pub watch_namespaces: Vec<String>,
+}
+
+/// Where one pair of controllers watches: one namespace, or all (`None`).
+type Scope = Option<String>;
+
+fn api<K>(client: &Client, scope: &Scope) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match scope {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Runs until SIGTERM or until leadership is lost.
@@ -97,11 +114,26 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: RunSettings) -> an
     };
 
     let topic_changes = ctx.topics.take_changes();
+    let scopes: Vec<Scope> = match settings.watch_namespaces.as_slice() {
+        [] => vec![None],
+        names => names.iter().cloned().map(Some).collect(),
+    };
+    let (forward, changes) = split_changes(topic_changes, &scopes);
     let controllers = async {
-        futures_util::join!(
-            pipelines(&client, ctx.clone(), topic_changes),
-            sinks(&client, ctx.clone())
-        );
+        let each = scopes.iter().zip(changes).map(|(scope, changes)| {
+            let (client, ctx) = (&client, ctx.clone());
+            async move {
+                futures_util::join!(
+                    pipelines(client, ctx.clone(), changes, scope),
+                    sinks(client, ctx, scope)
+                );
+            }
+        });
+        // The forwarder never ends; the controllers end on SIGTERM.
+        tokio::select! {
+            _ = futures_util::future::join_all(each) => {}
+            _ = forward => {}
+        }
     };
     let outcome = tokio::select! {
         error = renew => Err(error),
@@ -135,7 +167,42 @@ fn managed() -> watcher::Config {
 /// `namespace/name` keys of pipelines to reconcile now (their topics changed state).
 type Changes = Option<tokio::sync::mpsc::Receiver<String>>;
 
-async fn pipelines(client: &Client, ctx: Arc<Context>, changes: Changes) {
+/// One receiver of topic changes per scope, fed by the returned future from the single
+/// receiver the topic worker writes to: each key goes to the scope of its namespace. The
+/// future never completes.
+fn split_changes(
+    changes: Changes,
+    scopes: &[Scope],
+) -> (impl std::future::Future<Output = ()>, Vec<Changes>) {
+    let (senders, receivers): (Vec<_>, Vec<_>) = scopes
+        .iter()
+        .map(|_| {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<String>(64);
+            (sender, Some(receiver))
+        })
+        .unzip();
+    let scopes = scopes.to_vec();
+    let forward = async move {
+        let Some(mut changes) = changes else {
+            return std::future::pending().await;
+        };
+        while let Some(key) = changes.recv().await {
+            let namespace = key.split_once('/').map(|(namespace, _)| namespace);
+            let target = scopes
+                .iter()
+                .position(|scope| scope.is_none() || scope.as_deref() == namespace);
+            if let Some(index) = target
+                && senders[index].send(key).await.is_err()
+            {
+                break;
+            }
+        }
+        std::future::pending().await
+    };
+    (forward, receivers)
+}
+
+async fn pipelines(client: &Client, ctx: Arc<Context>, changes: Changes, scope: &Scope) {
     let changed = futures_util::stream::unfold(changes, |changes| async move {
         let mut receiver = changes?;
         let key = receiver.recv().await?;
@@ -146,17 +213,14 @@ async fn pipelines(client: &Client, ctx: Arc<Context>, changes: Changes) {
         Some(ObjectRef::<IngestPipeline>::new(name).within(namespace))
     });
     Controller::new(
-        Api::<IngestPipeline>::all(client.clone()),
+        api::<IngestPipeline>(client, scope),
         watcher::Config::default(),
     )
-    .owns(Api::<ConfigMap>::all(client.clone()), managed())
-    .owns(Api::<Deployment>::all(client.clone()), managed())
-    .owns(Api::<Service>::all(client.clone()), managed())
-    .owns(
-        Api::<HorizontalPodAutoscaler>::all(client.clone()),
-        managed(),
-    )
-    .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed())
+    .owns(api::<ConfigMap>(client, scope), managed())
+    .owns(api::<Deployment>(client, scope), managed())
+    .owns(api::<Service>(client, scope), managed())
+    .owns(api::<HorizontalPodAutoscaler>(client, scope), managed())
+    .owns(api::<PodDisruptionBudget>(client, scope), managed())
     .reconcile_on(changed)
     .shutdown_on_signal()
     .run(reconcile_pipeline, error_policy, ctx)
@@ -164,19 +228,20 @@ async fn pipelines(client: &Client, ctx: Arc<Context>, changes: Changes) {
     .await;
 }
 
-async fn sinks(client: &Client, ctx: Arc<Context>) {
+async fn sinks(client: &Client, ctx: Arc<Context>, scope: &Scope) {
     let controller = Controller::new(
-        Api::<SinkBinding>::all(client.clone()),
+        api::<SinkBinding>(client, scope),
         watcher::Config::default(),
     );
     let bindings = controller.store();
     controller
-        .owns(Api::<ConfigMap>::all(client.clone()), managed())
-        .owns(Api::<Deployment>::all(client.clone()), managed())
-        .owns(Api::<CronJob>::all(client.clone()), managed())
+        .owns(api::<ConfigMap>(client, scope), managed())
+        .owns(api::<Deployment>(client, scope), managed())
+        .owns(api::<Service>(client, scope), managed())
+        .owns(api::<CronJob>(client, scope), managed())
         // A pipeline that appears, changes or goes re-reconciles the bindings naming it.
         .watches(
-            Api::<IngestPipeline>::all(client.clone()),
+            api::<IngestPipeline>(client, scope),
             watcher::Config::default(),
             move |pipeline| {
                 let namespace = pipeline.namespace();

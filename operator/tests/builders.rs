@@ -217,3 +217,56 @@ fn specs_a_cluster_cannot_run_are_refused_naming_the_field() {
     assert!(message.starts_with("spec.storage.url:"), "{message}");
     assert!(message.contains("s3://"), "{message}");
 }
+
+/// `workload.pod` reaches the pod template: identity, scheduling, pull secrets, extra
+/// env after Weir's own, pod metadata under Weir's labels, and a spread constraint that
+/// counts this workload's pods when it names no selector.
+#[test]
+fn pod_settings_reach_the_pod_template() {
+    let mut pipeline = pipeline();
+    pipeline.spec.workload.pod = serde_json::from_value(serde_json::json!({
+        "serviceAccountName": "weir-irsa",
+        "nodeSelector": {"pool": "ingest"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ingest", "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}],
+        "imagePullSecrets": [{"name": "regcred"}],
+        "env": [{"name": "WEIR_LOG", "value": "debug"}],
+        "annotations": {"team": "data"},
+        "labels": {"team": "data", "app.kubernetes.io/component": "hijacked"},
+        "logFormat": "text"
+    }))
+    .unwrap();
+    let children = json(&build::gateway::build(&pipeline, &defaults()).unwrap());
+    let deployment = children.iter().find(|c| c["kind"] == "Deployment").unwrap();
+    let template = &deployment["spec"]["template"];
+    let spec = &template["spec"];
+    assert_eq!(spec["serviceAccountName"], "weir-irsa");
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(spec["nodeSelector"]["pool"], "ingest");
+    assert_eq!(spec["tolerations"][0]["key"], "dedicated");
+    assert!(spec["affinity"]["podAntiAffinity"].is_object());
+    assert_eq!(spec["imagePullSecrets"][0]["name"], "regcred");
+    let spread = &spec["topologySpreadConstraints"][0];
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let env = &spec["containers"][0]["env"];
+    assert_eq!(env[0]["name"], "WEIR_LOG_FORMAT");
+    assert_eq!(env[0]["value"], "text");
+    assert_eq!(env[1]["name"], "WEIR_LOG");
+    assert_eq!(template["metadata"]["annotations"]["team"], "data");
+    assert!(template["metadata"]["annotations"][CONFIG_HASH].is_string());
+    let labels = &template["metadata"]["labels"];
+    assert_eq!(labels["team"], "data");
+    assert_eq!(
+        labels["app.kubernetes.io/component"], "gateway",
+        "Weir's labels win"
+    );
+    assert!(
+        labels.get("app.kubernetes.io/instance").is_none(),
+        "Argo CD's tracking label is left to Argo CD"
+    );
+}

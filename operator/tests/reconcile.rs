@@ -322,7 +322,7 @@ async fn pipeline_create_then_noop_then_ready() {
         status
             .selector
             .unwrap()
-            .contains("app.kubernetes.io/instance=clickstream")
+            .contains("weir.dev/owner=ingestpipeline.clickstream")
     );
     let ready = condition(&status.conditions, "Ready");
     assert_eq!(

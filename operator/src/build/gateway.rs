@@ -219,6 +219,7 @@ fn pod<'a>(
         drain_timeout: pipeline.spec.pipeline.shutdown.drain_timeout,
         run_once: false,
         config_hash,
+        settings: &workload.pod,
     }
 }
 

@@ -250,15 +250,17 @@ impl Owner {
         let mut labels = self.selector_labels(component);
         labels.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
         labels.insert("app.kubernetes.io/part-of".into(), "weir".into());
-        labels.insert(OWNER_LABEL.into(), self.label_value());
         labels
     }
 
+    /// No `app.kubernetes.io/instance`: it is Argo CD's default tracking label, and a
+    /// child carrying it with the name of an Argo CD application would be taken for
+    /// that application's own object and pruned.
     fn selector_labels(&self, component: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("app.kubernetes.io/name".into(), format!("weir-{component}")),
-            ("app.kubernetes.io/instance".into(), self.name.clone()),
             ("app.kubernetes.io/component".into(), component.into()),
+            (OWNER_LABEL.into(), self.label_value()),
         ])
     }
 

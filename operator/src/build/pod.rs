@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use weir_crds::resources::PodSettings;
 
 use super::{CONFIG_HASH, Owner, kafka_secret_env};
 
@@ -37,6 +38,8 @@ pub(super) struct Pod<'a> {
     pub run_once: bool,
     /// The hash of the mounted configuration ([`CONFIG_HASH`]): a change rolls the pods.
     pub config_hash: String,
+    /// The resource's pod-level settings (`workload.pod`).
+    pub settings: &'a PodSettings,
 }
 
 impl Pod<'_> {
@@ -48,17 +51,36 @@ impl Pod<'_> {
             .map(|(volume, path)| mount(&volume.name, path))
             .collect();
         let container = self.container(mounts);
+        let settings = self.settings;
+        // Weir's own labels and annotation win: the selector and the roll on a
+        // configuration change must keep working whatever the user adds.
+        let mut labels = settings.labels.clone();
+        labels.extend(owner.labels(self.component));
+        let mut annotations = settings.annotations.clone();
+        annotations.insert(CONFIG_HASH.into(), self.config_hash);
+        let selector = owner.selector_labels(self.component);
         PodTemplateSpec {
             metadata: Some(ObjectMeta {
-                labels: Some(owner.labels(self.component)),
-                annotations: Some(BTreeMap::from([(CONFIG_HASH.into(), self.config_hash)])),
+                labels: Some(labels),
+                annotations: Some(annotations),
                 ..ObjectMeta::default()
             }),
             spec: Some(PodSpec {
                 containers: vec![container],
                 security_context: Some(pod_security()),
                 termination_grace_period_seconds: Some(grace_seconds(self.drain_timeout)),
+                // Identity webhooks (IRSA, Workload Identity) inject their own projected
+                // token; the data plane never calls the Kubernetes API.
                 automount_service_account_token: Some(false),
+                service_account_name: settings.service_account_name.clone(),
+                node_selector: non_empty_map(&settings.node_selector),
+                tolerations: non_empty(&settings.tolerations),
+                affinity: settings.affinity.clone(),
+                topology_spread_constraints: non_empty(&spread_constraints(
+                    &settings.topology_spread_constraints,
+                    &selector,
+                )),
+                image_pull_secrets: non_empty(&settings.image_pull_secrets),
                 restart_policy: self.run_once.then(|| "Never".into()),
                 volumes: Some(self.volumes.into_iter().map(|(volume, _)| volume).collect()),
                 ..PodSpec::default()
@@ -77,6 +99,7 @@ impl Pod<'_> {
                     .map(|(name, port)| container_port(name, *port))
                     .collect(),
             ),
+            env: Some(self.env()),
             env_from: kafka_secret_env(self.kafka_secret),
             resources: self.resources.clone(),
             readiness_probe: self
@@ -88,6 +111,49 @@ impl Pod<'_> {
             ..Container::default()
         }
     }
+}
+
+impl Pod<'_> {
+    /// The log format first, then the user's variables, which may override it.
+    fn env(&self) -> Vec<EnvVar> {
+        let format = self.settings.log_format.unwrap_or_default();
+        let mut env = vec![EnvVar {
+            name: "WEIR_LOG_FORMAT".into(),
+            value: Some(format.as_str().into()),
+            ..EnvVar::default()
+        }];
+        env.extend(self.settings.env.iter().cloned());
+        env
+    }
+}
+
+/// The user's constraints, each selecting this workload's pods unless it names its own
+/// selector: without one a constraint counts no pods and spreads nothing.
+fn spread_constraints(
+    constraints: &[TopologySpreadConstraint],
+    selector: &BTreeMap<String, String>,
+) -> Vec<TopologySpreadConstraint> {
+    constraints
+        .iter()
+        .map(|constraint| {
+            let mut constraint = constraint.clone();
+            constraint
+                .label_selector
+                .get_or_insert_with(|| LabelSelector {
+                    match_labels: Some(selector.clone()),
+                    ..LabelSelector::default()
+                });
+            constraint
+        })
+        .collect()
+}
+
+fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
+    (!items.is_empty()).then(|| items.to_vec())
+}
+
+fn non_empty_map(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    (!map.is_empty()).then(|| map.clone())
 }
 
 fn container_port(name: &str, port: i32) -> ContainerPort {

@@ -5,15 +5,15 @@
 use k8s_openapi::api::core::v1::{SecretVolumeSource, Volume};
 use weir_crds::SinkSpec;
 use weir_crds::pipeline::KafkaSpec;
-use weir_crds::resources::{IngestPipeline, SinkBinding, SinkWorkload};
+use weir_crds::resources::{IngestPipeline, ServiceSettings, SinkBinding, SinkWorkload};
 use weir_crds::sink::{SinkMode, SourceSpec};
 
 use super::configmap::{config_map, config_volume, to_yaml};
 use super::deployment::{self, Rollout};
 use super::pod::Pod;
 use super::{
-    Child, Defaults, InvalidSpec, MAX_CRONJOB_NAME, Owner, check_name, cronjob, hash_of,
-    listen_port,
+    Child, Defaults, InvalidSpec, MAX_CRONJOB_NAME, MAX_SERVICE_NAME, Owner, check_name, cronjob,
+    hash_of, listen_port, service,
 };
 
 const COMPONENT: &str = "sink";
@@ -101,25 +101,35 @@ pub fn build(
         config_hash,
     )
     .template(&owner);
-    let runner = match &workload.schedule {
-        Some(schedule) => Child::CronJob(cronjob::cron_job(
+    let mut children = vec![Child::ConfigMap(config_map)];
+    match &workload.schedule {
+        Some(schedule) => children.push(Child::CronJob(cronjob::cron_job(
             &owner, &name, COMPONENT, schedule, template,
-        )),
+        ))),
         // Old and new pods of one group would rebalance twice per rollout; replacing
         // them at once rebalances once. Exactly-once holds either way.
-        None => Child::Deployment(deployment::deployment(
-            &owner,
-            &name,
-            COMPONENT,
-            Some(workload.replicas.unwrap_or(1)),
-            Rollout::Recreate,
-            template,
-        )),
-    };
-    Ok(vec![Child::ConfigMap(config_map), runner]
-        .into_iter()
-        .map(Child::stamp)
-        .collect())
+        None => {
+            children.push(Child::Deployment(deployment::deployment(
+                &owner,
+                &name,
+                COMPONENT,
+                Some(workload.replicas.unwrap_or(1)),
+                Rollout::Recreate,
+                template,
+            )));
+            // For Prometheus to find the pods (a ServiceMonitor selects Services). A
+            // batch job's pods live minutes: they get none.
+            children.push(Child::Service(service::service(
+                &owner,
+                &name,
+                COMPONENT,
+                &ServiceSettings::default(),
+                owner.selector_labels(COMPONENT),
+                &[("metrics", metrics)],
+            )));
+        }
+    }
+    Ok(children.into_iter().map(Child::stamp).collect())
 }
 
 /// The binding's [`effective_spec`] and its metrics port, if a cluster can run it as the
@@ -154,7 +164,15 @@ fn validate(
             "replicas cannot be negative",
         ));
     }
-    check_name(name, MAX_CRONJOB_NAME)?;
+    if let Some(schedule) = &workload.schedule {
+        cronjob::check_schedule(schedule)
+            .map_err(|message| InvalidSpec::new("workload.schedule", message))?;
+    }
+    let longest = match workload.schedule {
+        Some(_) => MAX_CRONJOB_NAME,
+        None => MAX_SERVICE_NAME,
+    };
+    check_name(name, longest)?;
     let metrics = listen_port("listen.metrics", settings.metrics_addr)?;
     Ok((spec, metrics))
 }
@@ -183,7 +201,7 @@ fn volumes(name: &str, workload: &SinkWorkload) -> Vec<(Volume, &'static str)> {
 /// The sink pod: the configuration, storage credentials and descriptor set mounted, the
 /// pipeline's Kafka credentials in its environment; a batch run when scheduled.
 fn pod<'a>(
-    binding: &SinkBinding,
+    binding: &'a SinkBinding,
     pipeline: &'a IngestPipeline,
     defaults: &Defaults,
     name: &str,
@@ -213,6 +231,7 @@ fn pod<'a>(
         drain_timeout: spec.shutdown.drain_timeout,
         run_once: batch,
         config_hash,
+        settings: &workload.pod,
     }
 }
 
