@@ -4,7 +4,8 @@
 //! user 65532.
 //!
 //! Needs podman (`apt-get install podman`; `.ci/test` does not install it), python3 and
-//! root (for chroot). Without them the test says SKIPPED and passes.
+//! root (for chroot), and a COPY-only `podman build` must work. Without them the test
+//! says SKIPPED and passes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -28,7 +29,7 @@ fn unavailable() -> Option<String> {
     let Ok(podman) = find_tool("podman") else {
         return Some("podman is not installed (apt-get install podman)".into());
     };
-    match Command::new(podman).arg("info").output() {
+    match Command::new(&podman).arg("info").output() {
         Ok(output) if output.status.success() => {}
         Ok(output) => return Some(format!("`podman info` fails: {}", text(&output).trim())),
         Err(e) => return Some(format!("podman does not start: {e}")),
@@ -43,7 +44,29 @@ fn unavailable() -> Option<String> {
     if find_tool("python3").is_err() {
         return Some("python3 (which runs images/smoke) is not installed".into());
     }
-    None
+    // A build of the kind images/build makes (COPY only, no RUN) works here.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Containerfile"),
+        "FROM scratch\nCOPY probe /probe\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("probe"), "probe\n").unwrap();
+    let probe = format!("localhost/weir-probe:{}", std::process::id());
+    let build = Command::new(&podman)
+        .args(["build", "--quiet", "-t"])
+        .arg(&probe)
+        .arg(dir.path())
+        .output();
+    let _ = Command::new(&podman).arg("rmi").arg(&probe).output();
+    match build {
+        Ok(output) if output.status.success() => None,
+        Ok(output) => Some(format!(
+            "`podman build` of a COPY-only Containerfile fails: {}",
+            text(&output).trim()
+        )),
+        Err(e) => Some(format!("podman does not start: {e}")),
+    }
 }
 
 /// The binaries of this build: the test runs from target/<profile>/deps/, and
