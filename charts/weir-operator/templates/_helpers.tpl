@@ -44,3 +44,24 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "weir-operator.metricsService" -}}
 {{- printf "%s-metrics" (include "weir-operator.fullname" . | trunc 55 | trimSuffix "-") -}}
 {{- end -}}
+
+{{/* One ServiceMonitor endpoint: port `metrics`, with .Values.metrics.serviceMonitor's
+interval, timeout and relabelings. Called with that map. */}}
+{{- define "weir-operator.scrapeEndpoint" -}}
+port: metrics
+path: /metrics
+{{- with .interval }}
+interval: {{ . }}
+{{- end }}
+{{- with .scrapeTimeout }}
+scrapeTimeout: {{ . }}
+{{- end }}
+{{- with .relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
