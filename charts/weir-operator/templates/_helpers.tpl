@@ -65,3 +65,12 @@ metricRelabelings:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* Labels of one alert: its severity and metrics.prometheusRule.additionalLabels.
+Called with (list <alert settings> <additional labels>). */}}
+{{- define "weir-operator.alertLabels" -}}
+severity: {{ (index . 0).severity | quote }}
+{{- with index . 1 }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
