@@ -954,3 +954,26 @@ fn check_rules_schema(rules: &Path) -> Output {
         ],
     )
 }
+
+/// The README's argocd-cm snippet carries the chart's health script as it is, for both
+/// kinds.
+#[test]
+fn readme_carries_the_argo_cd_health_check() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let script =
+        std::fs::read_to_string(root().join("charts/weir-operator/argocd/health.lua")).unwrap();
+    let indented: String = script
+        .lines()
+        .map(|l| match l {
+            "" => "\n".to_string(),
+            _ => format!("    {l}\n"),
+        })
+        .collect();
+    for kind in ["IngestPipeline", "SinkBinding"] {
+        let key = format!("  resource.customizations.health.weir.dev_{kind}: |\n");
+        assert!(
+            readme.contains(&format!("{key}{indented}")),
+            "README.md: the {kind} health check is not charts/weir-operator/argocd/health.lua"
+        );
+    }
+}
