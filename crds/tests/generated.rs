@@ -1,23 +1,32 @@
 //! The CRD YAML in `crds/generated/` is generated from the Rust types; this test fails
-//! when it is stale. Regenerate with `WEIR_UPDATE_CRDS=1 cargo test -p weir-crds --test generated`.
+//! when it is stale. The Helm chart carries a real copy in `charts/weir-operator/crds/`
+//! (a symlink would draw a warning from `helm lint` and break `helm package` on some
+//! systems), checked the same way. Regenerate both with
+//! `WEIR_UPDATE_CRDS=1 cargo test -p weir-crds --test generated`.
 
 use weir_crds::resources::{IngestPipeline, SinkBinding};
 
 #[test]
 fn generated_crds_are_current() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("generated");
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dirs = [
+        crate_dir.join("generated"),
+        crate_dir.join("../charts/weir-operator/crds"),
+    ];
     for (file, rendered) in weir_crds::crd_manifests() {
-        let path = dir.join(file);
-        if std::env::var_os("WEIR_UPDATE_CRDS").is_some() {
-            std::fs::write(&path, &rendered).unwrap();
-            continue;
+        for dir in &dirs {
+            let path = dir.join(file);
+            if std::env::var_os("WEIR_UPDATE_CRDS").is_some() {
+                std::fs::write(&path, &rendered).unwrap();
+                continue;
+            }
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == rendered,
+                "{} is stale: run `WEIR_UPDATE_CRDS=1 cargo test -p weir-crds --test generated` and commit it",
+                path.display()
+            );
         }
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            committed == rendered,
-            "{} is stale: run `WEIR_UPDATE_CRDS=1 cargo test -p weir-crds --test generated` and commit it",
-            path.display()
-        );
     }
 }
 
