@@ -361,6 +361,11 @@ pub struct IdentitySpec {
     pub require_id: bool,
     /// What happens when a WebSocket connects with an (id, group) already connected.
     pub duplicates: DuplicatePolicy,
+    /// Also read the id, the group and the auth token from query parameters named like
+    /// their headers (`?x-user-id=u1&authorization=…`, names case-insensitive) when the
+    /// header is absent: browsers' `WebSocket` and `navigator.sendBeacon` cannot set
+    /// headers. Off by default, because URLs end up in access logs.
+    pub query_parameters: bool,
 }
 
 impl Default for IdentitySpec {
@@ -371,6 +376,7 @@ impl Default for IdentitySpec {
             default_group: "--default--".into(),
             require_id: false,
             duplicates: DuplicatePolicy::default(),
+            query_parameters: false,
         }
     }
 }
@@ -464,6 +470,12 @@ pub struct WebSocketSpec {
     #[serde(with = "crate::byte_size")]
     #[schemars(schema_with = "crate::byte_size::schema")]
     pub max_queued_answer_bytes_total: usize,
+    /// Origins (`https://app.example.com`) whose pages may open WebSocket connections;
+    /// an upgrade with another `Origin` header gets 403, which stops other sites' pages
+    /// from connecting with a visitor's cookies. Upgrades without `Origin` (not from a
+    /// browser) are always served. Empty: any origin.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WebSocketSpec {
@@ -474,6 +486,7 @@ impl Default for WebSocketSpec {
             idle_timeout: Duration::from_secs(75),
             max_queued_answer_bytes: 1024 * 1024,
             max_queued_answer_bytes_total: 256 * 1024 * 1024,
+            allowed_origins: Vec::new(),
         }
     }
 }

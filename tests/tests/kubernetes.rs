@@ -266,7 +266,9 @@ fn every_object_the_operator_renders_is_valid_kubernetes() {
     .unwrap()
     .children(&Defaults::default())
     .unwrap();
-    assert_eq!(base.len(), 8);
+    // Gateway: two ConfigMaps, Deployment, Service, autoscaler, disruption budget;
+    // sink: ConfigMap, Deployment, metrics Service.
+    assert_eq!(base.len(), 9);
 
     pipeline.metadata.namespace = Some("analytics".into());
     pipeline.metadata.uid = Some("d2c1e0f4-0000-4000-8000-000000000001".into());
@@ -277,6 +279,23 @@ fn every_object_the_operator_renders_is_valid_kubernetes() {
     binding.metadata.uid = Some("d2c1e0f4-0000-4000-8000-000000000002".into());
     binding.spec.workload.schedule = Some("*/15 * * * *".into());
     binding.spec.workload.descriptor_config_map = Some("click-descriptors".into());
+    // Every pod setting, so Kubernetes' own schema checks what they become.
+    let pod = serde_json::json!({
+        "serviceAccountName": "weir-irsa",
+        "nodeSelector": {"pool": "ingest"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ingest", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ingest"]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}],
+        "imagePullSecrets": [{"name": "regcred"}],
+        "env": [{"name": "WEIR_LOG", "value": "debug"},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+        "annotations": {"team": "data"},
+        "labels": {"team": "data"},
+        "logFormat": "text"
+    });
+    pipeline.spec.workload.pod = serde_json::from_value(pod.clone()).unwrap();
+    binding.spec.workload.pod = serde_json::from_value(pod).unwrap();
     let variants = Manifests {
         pipelines: vec![pipeline],
         bindings: vec![binding],

@@ -20,7 +20,7 @@ pub enum Rejection {
     BadRequest(String),
     /// The HTTP content type is not one the gateway reads.
     #[error(
-        "unsupported content type {0:?}: use application/proto, application/x-protobuf or application/json"
+        "unsupported content type {0:?}: use application/proto, application/x-protobuf, application/json or text/plain (JSON)"
     )]
     UnsupportedMediaType(String),
     /// The HTTP content coding is not one the gateway reads.
@@ -32,6 +32,9 @@ pub enum Rejection {
     /// Authentication failed.
     #[error("{0}")]
     Unauthorized(String),
+    /// A browser page from an origin not in `websocket.allowedOrigins` asked to connect.
+    #[error("origin {0:?} is not in websocket.allowedOrigins")]
+    OriginNotAllowed(String),
     /// The batch is larger than `limits.maxBatchBytes`.
     #[error("batch exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
@@ -60,7 +63,7 @@ impl Rejection {
             | Rejection::UnsupportedMediaType(_)
             | Rejection::UnsupportedEncoding(_)
             | Rejection::ReadTimeout(_) => Code::BadRequest,
-            Rejection::Unauthorized(_) => Code::Unauthorized,
+            Rejection::Unauthorized(_) | Rejection::OriginNotAllowed(_) => Code::Unauthorized,
             Rejection::TooLarge { .. } => Code::PayloadTooLarge,
             Rejection::Overloaded(_) => Code::RateLimited,
             Rejection::Unavailable(_) => Code::Unavailable,
@@ -77,6 +80,7 @@ impl Rejection {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             Rejection::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Rejection::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             other => http_status(other.code()),
         }
     }

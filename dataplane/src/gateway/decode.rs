@@ -20,7 +20,8 @@ use super::json::{self, Dialect};
 pub enum Encoding {
     /// Protobuf (`application/proto`, `application/x-protobuf`, WebSocket binary frames).
     Protobuf,
-    /// JSON in one of its dialects (`application/json`, WebSocket text frames).
+    /// JSON in one of its dialects (`application/json`, `text/plain`, WebSocket text
+    /// frames).
     Json(Dialect),
 }
 
@@ -46,12 +47,22 @@ pub fn content_kind(content_type: Option<&str>) -> Result<ContentKind, Rejection
         "application/proto" | "application/x-protobuf" | "application/protobuf" => {
             Ok(ContentKind::Protobuf)
         }
-        "application/json" => Ok(ContentKind::Json),
+        // `text/plain` is what `navigator.sendBeacon` sends for a string body, and what
+        // browsers send without a CORS preflight.
+        "application/json" | "text/plain" => Ok(ContentKind::Json),
         _ => Err(Rejection::UnsupportedMediaType(raw.to_string())),
     }
 }
 
 impl Encoding {
+    /// This encoding for a client that did (or did not) ask for per-event results.
+    pub fn with_event_results(self, wanted: bool) -> Self {
+        match self {
+            Encoding::Json(dialect) => Encoding::Json(dialect.with_event_results(wanted)),
+            Encoding::Protobuf => Encoding::Protobuf,
+        }
+    }
+
     /// The HTTP content type of answers in this encoding. Protobuf answers use
     /// Raccoon's `application/proto` so Raccoon clients read them unchanged.
     pub fn content_type(self) -> &'static str {
@@ -203,11 +214,12 @@ mod tests {
             "application/json",
             "application/json; charset=utf-8",
             "APPLICATION/JSON;charset=UTF-8",
+            "text/plain;charset=UTF-8",
         ] {
             assert_eq!(content_kind(Some(ct)).unwrap(), ContentKind::Json, "{ct}");
         }
-        let err = content_kind(Some("text/plain")).unwrap_err();
-        assert!(err.to_string().contains("text/plain"));
+        let err = content_kind(Some("text/html")).unwrap_err();
+        assert!(err.to_string().contains("text/html"));
         assert!(content_kind(None).is_err());
     }
 

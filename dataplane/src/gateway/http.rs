@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, ORIGIN, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -129,22 +130,70 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Checks credentials and reads identity, the same for every HTTP request.
-pub fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Identity, Rejection> {
-    shared.auth.check(|name| header(headers, name))?;
-    super::identity::identify(&shared.settings.identity, |name| header(headers, name))
+/// The query parameters of a request, in order; an unreadable query reads as none.
+type QueryParams = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+/// The value of query parameter `name` (any case).
+fn query_param<'a>(query: &'a QueryParams, name: &str) -> Option<&'a str> {
+    let Ok(Query(pairs)) = query else { return None };
+    pairs
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_str())
+}
+
+/// Checks credentials and reads identity, the same for every HTTP request: from the
+/// headers, or from query parameters of the same names when `identity.queryParameters`
+/// allows it and the header is absent.
+fn authenticate(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query: &QueryParams,
+) -> Result<Identity, Rejection> {
+    let from_query = shared.settings.identity.query_parameters;
+    let lookup = |name: &str| {
+        header(headers, name).or_else(|| from_query.then(|| query_param(query, name)).flatten())
+    };
+    shared.auth.check(lookup)?;
+    super::identity::identify(&shared.settings.identity, lookup)
+}
+
+/// Whether the client asked for per-event results in Raccoon-dialect JSON answers
+/// (`X-Weir-Event-Results: true` or `?event_results=true`). Raccoon's own clients fail
+/// on fields they do not know, so they get none unless they ask.
+fn wants_event_results(headers: &HeaderMap, query: &QueryParams) -> bool {
+    let yes = |v: &str| v.eq_ignore_ascii_case("true") || v == "1";
+    header(headers, "x-weir-event-results").is_some_and(yes)
+        || query_param(query, "event_results").is_some_and(yes)
+}
+
+/// Refuses a browser page from an origin `websocket.allowedOrigins` does not list.
+fn check_origin(shared: &Shared, headers: &HeaderMap) -> Result<(), Rejection> {
+    let allowed = &shared.settings.websocket.allowed_origins;
+    let Some(origin) = header(headers, ORIGIN.as_str()) else {
+        return Ok(());
+    };
+    if allowed.is_empty()
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return Ok(());
+    }
+    Err(Rejection::OriginNotAllowed(origin.to_string()))
 }
 
 async fn post_events(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
+    query: QueryParams,
     body: Body,
 ) -> Response {
     let received = Instant::now();
     let kind = decode::content_kind(header(&headers, CONTENT_TYPE.as_str()));
     let fallback = refusal_encoding(&kind);
     let prepared = async {
-        let identity = authenticate(&shared, &headers)?;
+        let identity = authenticate(&shared, &headers, &query)?;
         let kind = kind?;
         let limit = shared.settings.limits.max_batch_bytes;
         let read_timeout = shared.settings.limits.read_timeout;
@@ -155,6 +204,7 @@ async fn post_events(
         let (request, encoding) =
             decode::decode_request_async(kind, body, shared.settings.limits.max_events_per_batch)
                 .await?;
+        let encoding = encoding.with_event_results(wants_event_results(&headers, &query));
         Ok::<_, Rejection>((identity, request, wire_bytes, encoding))
     }
     .await;
@@ -225,6 +275,7 @@ fn reply(status: StatusCode, response: &SendEventResponse, encoding: Encoding) -
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
+    query: QueryParams,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let received = Instant::now();
@@ -233,8 +284,9 @@ async fn upgrade(
             "the gateway is shutting down".into(),
         ))
     } else {
-        authenticate(&shared, &headers)
+        check_origin(&shared, &headers).and_then(|()| authenticate(&shared, &headers, &query))
     };
+    let event_results = wants_event_results(&headers, &query);
     let identity = match admitted {
         Ok(identity) => identity,
         Err(rejection) => {
@@ -265,7 +317,7 @@ async fn upgrade(
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 match registration {
-                    Ok(guard) => ws::serve(socket, shared, identity, guard).await,
+                    Ok(guard) => ws::serve(socket, shared, identity, guard, event_results).await,
                     Err(rejection) => ws::refuse(socket, &rejection).await,
                 }
             })

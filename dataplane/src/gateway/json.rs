@@ -1,8 +1,11 @@
 //! The two JSON dialects clients send, and answers in the dialect each request used.
 //!
-//! - Raccoon's dialect: snake_case keys, `sent_time` as `{"seconds":N,"nanos":N}`, base64
-//!   `event_bytes`, and answers with numeric enums, `sent_time` as a number and an empty
-//!   `reason` left out.
+//! - Raccoon's dialect: snake_case keys, `sent_time` as `{"seconds":N,"nanos":N}` (or
+//!   absent: Raccoon's Java client never sets it), `event_bytes` as base64 or as a list of
+//!   byte values (what Raccoon's JS client sends), and answers with exactly the fields
+//!   Raccoon's clients parse: numeric enums, `sent_time` as a number, `data`, and a
+//!   non-empty `reason`. Raccoon's Java and Python clients fail on any other field, so
+//!   per-event results are added only on request ([`Dialect::RaccoonWithResults`]).
 //! - Canonical proto3 JSON: camelCase keys, `sentTime` as an RFC 3339 string, and answers
 //!   with enum names and int64 as a string.
 //!
@@ -20,10 +23,24 @@ use weir_proto::{Event, SendEventRequest, SendEventResponse};
 /// The JSON dialect of a request, which its answer uses too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
-    /// Raccoon's snake_case dialect.
+    /// Raccoon's snake_case dialect, answered with Raccoon's fields only.
     Raccoon,
-    /// Canonical proto3 JSON.
+    /// Raccoon's dialect from a client that asked for per-event results
+    /// (`X-Weir-Event-Results: true` or `?event_results=true`).
+    RaccoonWithResults,
+    /// Canonical proto3 JSON (its answers always carry per-event results: proto3 JSON
+    /// parsers are told to ignore unknown fields or know them from Weir's proto).
     Canonical,
+}
+
+impl Dialect {
+    /// This dialect for a client that did (or did not) ask for per-event results.
+    pub fn with_event_results(self, wanted: bool) -> Self {
+        match self {
+            Dialect::Raccoon if wanted => Dialect::RaccoonWithResults,
+            other => other,
+        }
+    }
 }
 
 /// Why a JSON request was refused.
@@ -62,12 +79,12 @@ fn request_from_raw(raw: RawRequest) -> Result<(SendEventRequest, Dialect), Stri
     let mut events = Vec::with_capacity(raw.events.len());
     for (index, event) in raw.events.into_iter().enumerate() {
         camel |= event.event_bytes_camel.is_some() || event.partition_key_camel.is_some();
-        let payload = event
-            .event_bytes
-            .or(event.event_bytes_camel)
-            .unwrap_or_default();
-        let event_bytes = decode_base64(&payload)
-            .map_err(|e| format!("events[{index}].event_bytes is not base64: {e}"))?;
+        let event_bytes = match event.event_bytes.or(event.event_bytes_camel) {
+            None => Vec::new(),
+            Some(Payload::Bytes(bytes)) => bytes,
+            Some(Payload::Base64(text)) => decode_base64(&text)
+                .map_err(|e| format!("events[{index}].event_bytes is not base64: {e}"))?,
+        };
         events.push(Event {
             event_bytes: Bytes::from(event_bytes),
             r#type: event.event_type.unwrap_or_default(),
@@ -92,15 +109,14 @@ fn request_from_raw(raw: RawRequest) -> Result<(SendEventRequest, Dialect), Stri
 
 /// Renders an answer in the given dialect.
 pub fn render_response(response: &SendEventResponse, dialect: Dialect) -> Vec<u8> {
-    let rendered = match dialect {
-        Dialect::Raccoon => serde_json::to_vec(&RaccoonResponse {
+    let raccoon = |event_results: &[weir_proto::EventResult]| {
+        serde_json::to_vec(&RaccoonResponse {
             status: response.status,
             code: response.code,
             sent_time: response.sent_time,
             reason: &response.reason,
             data: &response.data,
-            event_results: response
-                .event_results
+            event_results: event_results
                 .iter()
                 .map(|r| RaccoonEventResult {
                     index: r.index,
@@ -108,7 +124,11 @@ pub fn render_response(response: &SendEventResponse, dialect: Dialect) -> Vec<u8
                     reason: &r.reason,
                 })
                 .collect(),
-        }),
+        })
+    };
+    let rendered = match dialect {
+        Dialect::Raccoon => raccoon(&[]),
+        Dialect::RaccoonWithResults => raccoon(&response.event_results),
         Dialect::Canonical => serde_json::to_vec(&CanonicalResponse {
             status: response.status().as_str_name(),
             code: response.code().as_str_name(),
@@ -182,9 +202,9 @@ struct RawRequest {
 
 #[derive(Deserialize)]
 struct RawEvent {
-    event_bytes: Option<String>,
+    event_bytes: Option<Payload>,
     #[serde(rename = "eventBytes")]
-    event_bytes_camel: Option<String>,
+    event_bytes_camel: Option<Payload>,
     #[serde(rename = "type")]
     event_type: Option<String>,
     partition_key: Option<String>,
@@ -220,6 +240,45 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEvent>, D::Er
         }
     }
     d.deserialize_any(Events)
+}
+
+/// An event's bytes: base64 text, or a list of byte values (`[123,34,…]`, what
+/// `JSON.stringify(Array.from(uint8Array))` gives).
+enum Payload {
+    Base64(String),
+    Bytes(Vec<u8>),
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PayloadVisitor;
+        impl<'de> de::Visitor<'de> for PayloadVisitor {
+            type Value = Payload;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("base64 text or a list of byte values 0-255")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Payload, E> {
+                Ok(Payload::Base64(v.to_string()))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Payload, E> {
+                Ok(Payload::Base64(v))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Payload, A::Error> {
+                // Each value takes at least two bytes of JSON, so the body limit bounds
+                // this list.
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(byte) = seq.next_element::<u8>()? {
+                    bytes.push(byte);
+                }
+                Ok(Payload::Bytes(bytes))
+            }
+        }
+        d.deserialize_any(PayloadVisitor)
+    }
 }
 
 /// A timestamp as Raccoon's `{seconds, nanos}` object or an RFC 3339 string.
@@ -382,6 +441,51 @@ mod tests {
         assert_eq!(v["data"]["req_guid"], "g");
         assert!(v.get("reason").is_none());
         assert!(v.get("event_results").is_none());
+    }
+
+    /// What Raccoon's JS client sends (bytes as a list of numbers) and its Java client
+    /// (no `sent_time`); a byte value out of range names the problem.
+    #[test]
+    fn byte_lists_and_missing_sent_time() {
+        let body = br#"{"req_guid":"g1","sent_time":{"seconds":1691366400,"nanos":123000000},"events":[{"event_bytes":[123,34,97,34,125],"type":"page"}]}"#;
+        let (req, dialect) = parse_request(body, 100).unwrap();
+        assert_eq!(dialect, Dialect::Raccoon);
+        assert_eq!(&req.events[0].event_bytes[..], br#"{"a"}"#);
+        let (req, _) = parse_request(
+            br#"{"req_guid":"g","events":[{"event_bytes":"e30=","type":"p"}]}"#,
+            9,
+        )
+        .unwrap();
+        assert_eq!(
+            (req.sent_time, &req.events[0].event_bytes[..]),
+            (None, &b"{}"[..])
+        );
+        let Err(ParseError::Invalid(reason)) =
+            parse_request(br#"{"events":[{"event_bytes":[1,256],"type":"p"}]}"#, 9)
+        else {
+            panic!("a byte of 256 is refused");
+        };
+        assert!(reason.contains("256"), "{reason}");
+    }
+
+    /// Raccoon's Java and Python clients refuse unknown fields: per-event results go only
+    /// to clients that asked for them.
+    #[test]
+    fn raccoon_answers_carry_event_results_only_on_request() {
+        let failed =
+            ack::batch_response("g", 2, vec![ack::event_failure(1, Code::Unavailable, "x")]);
+        let plain: serde_json::Value =
+            serde_json::from_slice(&render_response(&failed, Dialect::Raccoon)).unwrap();
+        let keys: Vec<&String> = plain.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["code", "data", "reason", "sent_time", "status"]);
+        let asked = Dialect::Raccoon.with_event_results(true);
+        let detailed: serde_json::Value =
+            serde_json::from_slice(&render_response(&failed, asked)).unwrap();
+        assert_eq!(detailed["event_results"][0]["index"], 1);
+        assert_eq!(
+            Dialect::Canonical.with_event_results(false),
+            Dialect::Canonical
+        );
     }
 
     #[test]

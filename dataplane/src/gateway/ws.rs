@@ -89,6 +89,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     identity: Identity,
     guard: ConnectionGuard,
+    event_results: bool,
 ) {
     let group_label = shared.metrics.groups.get(&identity.group).to_string();
     let gauge = shared
@@ -160,7 +161,7 @@ pub async fn serve(
                 let Ok(permit) = permits.clone().acquire_owned().await else { break None };
                 let size = payload.len().min(max_inflight_bytes) as u32;
                 let Ok(bytes_permit) = inflight_bytes.clone().acquire_many_owned(size).await else { break None };
-                let batch = Batch { kind, payload, received };
+                let batch = Batch { kind, payload, received, event_results };
                 tokio::spawn(answer(
                     shared.clone(),
                     identity.clone(),
@@ -248,6 +249,8 @@ struct Batch {
     kind: ContentKind,
     payload: Bytes,
     received: Instant,
+    /// The connection asked for per-event results in Raccoon-dialect JSON answers.
+    event_results: bool,
 }
 
 /// Where a batch's answer goes.
@@ -274,6 +277,7 @@ async fn answer(
         batch.received,
     )
     .await;
+    let encoding = encoding.with_event_results(batch.event_results);
     let body = decode::encode_response(&response, encoding);
     let Some(permits) = to.budget.reserve(body.len()).await else {
         to.not_reading.cancel();
