@@ -345,6 +345,8 @@ async fn metrics_and_health() {
         "weir_gateway_kafka_delivery_seconds_bucket",
         "weir_gateway_producer_queue_depth",
         "process_resident_memory_bytes",
+        "weir_build_info{component=\"gateway\",version=\"",
+        "weir_kafka_client_queue_messages",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}");
     }

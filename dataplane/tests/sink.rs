@@ -677,3 +677,40 @@ async fn a_resume_after_a_skipped_last_record_finds_the_log_unchanged() {
     assert!(report.exactly_once(), "{report:#?}");
     assert_eq!(report.total(), 55);
 }
+
+/// Before its first commit the sink still reports what is not in storage: the whole
+/// backlog, not the 0 librdkafka's own lag shows until a group commits. It also exports
+/// its build, its process and its Kafka client's statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lag_counts_the_backlog_before_the_first_commit() {
+    let kafka = kafka_with_topic(2);
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    produce(&bootstrap, 0, 120, json_payload).await;
+    let mut spec = sink_spec(&bootstrap, dir.path());
+    // Nothing reaches a flush limit while the test looks.
+    spec.flush.max_records = 100_000;
+    spec.flush.max_age = Duration::from_secs(3600);
+    let sink = Sink::start(SinkSettings::try_from(spec).unwrap())
+        .await
+        .unwrap();
+    let lag_line = format!("weir_sink_consumer_lag_records{{topic=\"{TOPIC}\"}} 120");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = sink_metrics(sink.metrics_addr).await;
+        if metrics.contains(&lag_line) || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(metrics.contains(&lag_line), "{lag_line} not in\n{metrics}");
+    for series in [
+        "weir_build_info{component=\"sink\",version=\"",
+        "process_resident_memory_bytes ",
+        "weir_kafka_client_queue_messages ",
+        "weir_kafka_broker_up{broker=\"",
+    ] {
+        assert!(metrics.contains(series), "{series} not in\n{metrics}");
+    }
+    sink.shutdown().await.unwrap();
+}

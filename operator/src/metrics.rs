@@ -19,6 +19,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        weir_runtime::telemetry::register_process_metrics(&registry, "operator");
         let reconciles = IntCounterVec::new(
             Opts::new(
                 "weir_operator_reconciles_total",

@@ -120,7 +120,8 @@ pub fn producer_config(spec: &KafkaSpec) -> ClientConfig {
         // full queue answers RATE_LIMITED rather than growing.
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "262144")
-        .set("batch.num.messages", "10000");
+        .set("batch.num.messages", "10000")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL);
     for (key, value) in &spec.properties {
         config.set(key, value);
     }
@@ -304,5 +305,113 @@ mod log_tests {
             Some(2),
             "the next one says how many were held"
         );
+    }
+}
+
+/// How often librdkafka reports its statistics (`statistics.interval.ms`) to the client
+/// contexts that export them.
+pub const STATISTICS_INTERVAL: &str = "5000";
+
+/// librdkafka's statistics as Prometheus gauges, one set per client: its queue, and per
+/// broker its connection state, round-trip time, throttling and requests waiting. Brokers
+/// are labelled by `host:port/id`; bootstrap entries (no id yet) are left out, so the
+/// series are bounded by the cluster's size.
+#[derive(Clone)]
+pub struct KafkaClientMetrics {
+    queue_messages: prometheus::IntGauge,
+    queue_bytes: prometheus::IntGauge,
+    broker_up: prometheus::IntGaugeVec,
+    broker_rtt: prometheus::GaugeVec,
+    broker_throttle: prometheus::GaugeVec,
+    broker_outbuf: prometheus::IntGaugeVec,
+    broker_waiting: prometheus::IntGaugeVec,
+}
+
+impl KafkaClientMetrics {
+    /// Creates and registers the gauges.
+    pub fn new(registry: &prometheus::Registry) -> Self {
+        use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts};
+        fn register<C: prometheus::core::Collector + Clone + 'static>(
+            registry: &prometheus::Registry,
+            collector: C,
+        ) -> C {
+            registry
+                .register(Box::new(collector.clone()))
+                .expect("unique metric");
+            collector
+        }
+        let int = |name: &str, help: &str| {
+            register(registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let per_broker = |name: &str, help: &str| {
+            register(
+                registry,
+                IntGaugeVec::new(Opts::new(name, help), &["broker"]).expect("valid metric"),
+            )
+        };
+        let seconds = |name: &str, help: &str| {
+            register(
+                registry,
+                GaugeVec::new(Opts::new(name, help), &["broker"]).expect("valid metric"),
+            )
+        };
+        Self {
+            queue_messages: int(
+                "weir_kafka_client_queue_messages",
+                "Messages in the Kafka client's queues (librdkafka msg_cnt).",
+            ),
+            queue_bytes: int(
+                "weir_kafka_client_queue_bytes",
+                "Bytes of messages in the Kafka client's queues (librdkafka msg_size).",
+            ),
+            broker_up: per_broker(
+                "weir_kafka_broker_up",
+                "1 while the connection to the broker is up, else 0.",
+            ),
+            broker_rtt: seconds(
+                "weir_kafka_broker_rtt_seconds",
+                "Average request round-trip time to the broker over the last interval.",
+            ),
+            broker_throttle: seconds(
+                "weir_kafka_broker_throttle_seconds",
+                "Average time the broker throttled requests over the last interval.",
+            ),
+            broker_outbuf: per_broker(
+                "weir_kafka_broker_outbuf_requests",
+                "Requests waiting to be sent to the broker.",
+            ),
+            broker_waiting: per_broker(
+                "weir_kafka_broker_waiting_responses",
+                "Requests sent to the broker and awaiting its answer.",
+            ),
+        }
+    }
+
+    /// Sets the gauges from one statistics report (`ClientContext::stats`).
+    pub fn observe(&self, statistics: &rdkafka::Statistics) {
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.queue_messages.set(as_i64(statistics.msg_cnt));
+        self.queue_bytes.set(as_i64(statistics.msg_size));
+        for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
+            let label = [broker.name.as_str()];
+            self.broker_up
+                .with_label_values(&label)
+                .set(i64::from(broker.state == "UP"));
+            let micros = |window: &Option<rdkafka::statistics::Window>| {
+                window.as_ref().map_or(0.0, |w| w.avg as f64 / 1e6)
+            };
+            self.broker_rtt
+                .with_label_values(&label)
+                .set(micros(&broker.rtt));
+            self.broker_throttle
+                .with_label_values(&label)
+                .set(micros(&broker.throttle));
+            self.broker_outbuf
+                .with_label_values(&label)
+                .set(broker.outbuf_cnt);
+            self.broker_waiting
+                .with_label_values(&label)
+                .set(broker.waitresp_cnt);
+        }
     }
 }

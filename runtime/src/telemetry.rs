@@ -132,3 +132,27 @@ pub fn render(registry: &Registry) -> String {
         .expect("text encoding");
     String::from_utf8(out).expect("text exposition is UTF-8")
 }
+
+/// Registers what every Weir process exports besides its own metrics:
+/// `weir_build_info{component, version}` (always 1, to join versions onto other series
+/// and see a rollout's progress) and, on Linux, the `process_*` metrics (CPU, resident
+/// memory, open file descriptors against their limit, threads).
+pub fn register_process_metrics(registry: &Registry, component: &str) {
+    let info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "weir_build_info",
+            "1, labelled with the component and the version of the running binary.",
+        ),
+        &["component", "version"],
+    )
+    .expect("valid metric");
+    info.with_label_values(&[component, env!("CARGO_PKG_VERSION")])
+        .set(1);
+    registry.register(Box::new(info)).expect("register");
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("register");
+}

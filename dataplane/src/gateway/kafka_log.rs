@@ -44,6 +44,10 @@ impl ClientContext for DeliveryReports {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.logs.error(&error, reason);
     }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.kafka.observe(&statistics);
+    }
 }
 
 impl ProducerContext for DeliveryReports {

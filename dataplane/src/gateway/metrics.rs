@@ -37,6 +37,8 @@ pub struct Metrics {
     pub producer_queue: IntGauge,
     /// Batch bytes admitted and not yet answered.
     pub inflight_bytes: IntGauge,
+    /// The producer's librdkafka statistics.
+    pub kafka: weir_runtime::kafka::KafkaClientMetrics,
     /// Routing file reloads, by result.
     pub routing_reloads: IntCounterVec,
     /// Connections the gateway closed to protect itself, by port (`http`, `grpc`) and
@@ -148,13 +150,10 @@ impl Metrics {
             "weir_gateway_inflight_bytes",
             "Batch bytes admitted and not yet answered.",
         );
-        #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("register");
+        weir_runtime::telemetry::register_process_metrics(&registry, "gateway");
+        let kafka = weir_runtime::kafka::KafkaClientMetrics::new(&registry);
         Self {
+            kafka,
             registry,
             connections,
             batches,

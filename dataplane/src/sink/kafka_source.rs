@@ -47,7 +47,10 @@ fn consumer_config(settings: &SinkSettings) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
+        .set(
+            "statistics.interval.ms",
+            weir_runtime::kafka::STATISTICS_INTERVAL,
+        )
         // New topics matching source.topicPattern are found this often.
         .set("topic.metadata.refresh.interval.ms", "30000");
     for (key, value) in &settings.kafka.properties {
@@ -122,14 +125,15 @@ impl ClientContext for SinkContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        for (topic, stats) in statistics.topics {
+        self.core.metrics.kafka.observe(&statistics);
+        for (topic, stats) in &statistics.topics {
             let lag: i64 = stats
                 .partitions
                 .iter()
-                .filter(|(p, s)| **p >= 0 && s.consumer_lag >= 0)
-                .map(|(_, s)| s.consumer_lag)
+                .filter(|(p, _)| **p >= 0)
+                .filter_map(|(_, s)| unwritten_records(s))
                 .sum();
-            let label = self.core.metrics.topics.get(&topic).to_string();
+            let label = self.core.metrics.topics.get(topic).to_string();
             self.core
                 .metrics
                 .consumer_lag
@@ -137,6 +141,24 @@ impl ClientContext for SinkContext {
                 .set(lag);
         }
     }
+}
+
+/// Records of a partition not yet in files: past the committed offset (the sink commits
+/// only what it wrote), or, while the group has committed nothing, past the log's start.
+/// librdkafka's own `consumer_lag` reads -1 until the first commit, which would show an
+/// unwritten backlog as no lag at all. `None` before the partition's offsets are known.
+fn unwritten_records(partition: &rdkafka::statistics::Partition) -> Option<i64> {
+    if partition.hi_offset < 0 {
+        return None;
+    }
+    let written_up_to = if partition.committed_offset >= 0 {
+        partition.committed_offset
+    } else if partition.lo_offset >= 0 {
+        partition.lo_offset
+    } else {
+        return None;
+    };
+    Some((partition.hi_offset - written_up_to).max(0))
 }
 
 impl ConsumerContext for SinkContext {

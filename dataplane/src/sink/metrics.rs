@@ -36,6 +36,8 @@ pub struct SinkMetrics {
     /// Records in Kafka not yet committed to files, by topic (from librdkafka's
     /// statistics).
     pub consumer_lag: IntGaugeVec,
+    /// The consumer's librdkafka statistics.
+    pub kafka: weir_runtime::kafka::KafkaClientMetrics,
     /// Bytes buffered across partitions.
     pub buffered_bytes: IntGauge,
     /// Partitions assigned to this sink.
@@ -125,7 +127,8 @@ impl SinkMetrics {
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "weir_sink_consumer_lag_records",
-                "Records in Kafka past the committed offsets (not yet in files).",
+                "Records in Kafka not yet in files: past the committed offset, or past the \
+                 log start while the group has committed none.",
             ),
             &["topic"],
         )
@@ -148,8 +151,11 @@ impl SinkMetrics {
             "weir_sink_assigned_partitions",
             "Kafka partitions assigned to this sink.",
         );
+        weir_runtime::telemetry::register_process_metrics(&registry, "sink");
+        let kafka = weir_runtime::kafka::KafkaClientMetrics::new(&registry);
         Self {
             registry,
+            kafka,
             records_consumed,
             bytes_consumed,
             records_written,
