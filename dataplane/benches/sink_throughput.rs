@@ -47,8 +47,11 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let payload_bytes: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(200);
-    weir_runtime::telemetry::init(weir_runtime::telemetry::LogFormat::Text);
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _telemetry = {
+        let _entered = runtime.enter();
+        weir_runtime::telemetry::init(weir_runtime::telemetry::LogFormat::Text, "weir-bench")
+    };
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka
         .create_topics(&[TopicSpec {

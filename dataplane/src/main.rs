@@ -63,15 +63,32 @@ enum Command {
     Loadgen(weir::client::loadgen::LoadgenOptions),
 }
 
+impl Command {
+    /// The service name of this command's trace spans.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Gateway { .. } => "weir-gateway",
+            Command::Sink { .. } => "weir-sink",
+            Command::Dev(_) => "weir-dev",
+            Command::SinkAudit { .. } => "weir-sink-audit",
+            Command::Send(_) | Command::Loadgen(_) => "weir-client",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
+    };
+    let _telemetry = {
+        // The trace exporter's channel lives on the runtime.
+        let _entered = runtime.enter();
+        telemetry::init(cli.log.log_format, cli.command.service_name())
     };
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,

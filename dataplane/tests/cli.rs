@@ -60,6 +60,11 @@ fn dev_serves_send_writes_parquet_and_stops_on_sigterm() {
 
 /// Starts `weir dev` on free ports writing to `data`; returns it and its HTTP address.
 fn start_dev(data: &std::path::Path) -> (std::process::Child, String) {
+    start_dev_with(data, &[])
+}
+
+/// [`start_dev`] with extra environment variables.
+fn start_dev_with(data: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
     let mut dev = Command::new(WEIR)
         .args([
             "dev",
@@ -79,6 +84,7 @@ fn start_dev(data: &std::path::Path) -> (std::process::Child, String) {
         ])
         .arg(data)
         .env("WEIR_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -262,4 +268,75 @@ fn logs_carry_no_colour_codes_when_not_on_a_terminal() {
     let _ = dev.wait();
     assert!(!listening.contains('\u{1b}'), "{listening:?}");
     assert!(listening.contains("INFO"), "{listening:?}");
+}
+
+/// A stand-in OTLP collector: the names of the spans it received.
+mod collector {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+
+    #[derive(Clone, Default)]
+    pub struct Spans(pub Arc<Mutex<Vec<String>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Spans {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut names = self.0.lock().unwrap();
+            for resource in request.into_inner().resource_spans {
+                for scope in resource.scope_spans {
+                    names.extend(scope.spans.into_iter().map(|s| s.name));
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// Serves on a free port until the runtime stops; returns its address.
+    pub async fn start(spans: Spans) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(spans))
+                .serve_with_incoming(incoming),
+        );
+        addr
+    }
+}
+
+/// With an OTLP endpoint set, a batch's spans (batch, route, publish, ack) and the
+/// sink's (flush, encode, upload, commit) reach the collector; by default nothing is
+/// exported (no endpoint, no exporter).
+#[test]
+fn traces_follow_a_batch_and_a_flush_over_otlp() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let spans = collector::Spans::default();
+    let addr = runtime.block_on(collector::start(spans.clone()));
+    let data = tempfile::tempdir().unwrap();
+    let (mut dev, http) = start_dev_with(
+        data.path(),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{addr}"))],
+    );
+    send_two_clicks(&http);
+    wait_for_parquet(data.path(), |_| true);
+    stop_with_sigterm(&mut dev);
+    let names = spans.0.lock().unwrap().clone();
+    for wanted in [
+        "batch", "route", "publish", "ack", "flush", "encode", "upload", "commit",
+    ] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "no {wanted} span in {names:?}"
+        );
+    }
 }

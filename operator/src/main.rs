@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
             lease_ttl,
             watch_namespaces,
         } => {
-            weir_runtime::telemetry::init(cli.log.log_format);
+            let _telemetry = weir_runtime::telemetry::init(cli.log.log_format, "weir-operator");
             let holder = holder.unwrap_or_else(replica_identity);
             let client = kube::Client::try_default().await?;
             let ctx = Arc::new(Context::new(

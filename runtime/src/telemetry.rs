@@ -35,22 +35,100 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// What [`init`] installed that must outlive the process's work: the trace exporter,
+/// whose last spans are sent when this is dropped.
+#[must_use = "dropping it at once stops trace export"]
+pub struct Telemetry {
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.traces.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("warning: the last trace spans were not exported: {error}");
+        }
+    }
+}
+
+/// Whether OTLP trace export is configured: the OpenTelemetry standard variables
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` are set and
+/// `OTEL_SDK_DISABLED` is not `true`. Off by default.
+fn traces_configured(var: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
+    let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") || set("OTEL_EXPORTER_OTLP_ENDPOINT"))
+}
+
+/// The OTLP (gRPC) trace pipeline, named `service` unless `OTEL_SERVICE_NAME` says
+/// otherwise. Must run inside a Tokio runtime (the exporter's channel lives there).
+fn trace_provider(
+    service: &str,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service.to_string());
+    }
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
 /// Installs the tracing subscriber. `WEIR_LOG` (or `RUST_LOG`) sets the filter; the
-/// default is `info`. Text logs are coloured only when stderr is a terminal.
-pub fn init(format: LogFormat) {
+/// default is `info`. Text logs are coloured only when stderr is a terminal. When OTLP
+/// export is configured ([`traces_configured`]), spans (a gateway batch: route, publish,
+/// ack; a sink flush: encode, claim, upload; commits) also go to the collector as
+/// `service`; the standard `OTEL_*` variables (headers, timeout, sampler) apply. Call
+/// inside a Tokio runtime and keep the result until the process ends.
+pub fn init(format: LogFormat, service: &str) -> Telemetry {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = std::env::var("WEIR_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .map(EnvFilter::new)
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour codes only for a terminal: in a pod or a file they are noise.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let text = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let logs = match format {
+        LogFormat::Text => text.boxed(),
+        LogFormat::Json => text.json().boxed(),
     };
+    let mut problem = None;
+    let traces = if traces_configured(|name| std::env::var(name).ok()) {
+        trace_provider(service)
+            .map_err(|error| problem = Some(error))
+            .ok()
+    } else {
+        None
+    };
+    // Traces take Weir's spans at info whatever the log filter says: `WEIR_LOG=warn`
+    // quiets the logs, not the traces.
+    let otel = traces.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider;
+        let weir =
+            tracing_subscriber::filter::Targets::new().with_target("weir", tracing::Level::INFO);
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("weir"))
+            .with_filter(weir)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(otel)
+        .try_init();
+    if let Some(error) = problem {
+        tracing::warn!(%error, "OTLP trace export is configured but cannot start; spans are not exported");
+    } else if traces.is_some() {
+        tracing::info!("exporting trace spans over OTLP");
+    }
+    Telemetry { traces }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -155,4 +233,32 @@ pub fn register_process_metrics(registry: &Registry, component: &str) {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("register");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn traces_are_off_unless_an_endpoint_is_set() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(!super::traces_configured(vars(&[])));
+        assert!(super::traces_configured(vars(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector:4317"
+        )])));
+        assert!(super::traces_configured(vars(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://collector:4317"
+        )])));
+        assert!(!super::traces_configured(vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_SDK_DISABLED", "true")
+        ])));
+    }
 }

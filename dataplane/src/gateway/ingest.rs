@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use tracing::Instrument;
 
 use tokio::sync::Semaphore;
 use weir_crds::pipeline::AckMode;
@@ -89,10 +90,25 @@ impl Ingestor {
         transport: Transport,
         received: Instant,
     ) -> SendEventResponse {
-        let response = match self.admit_and_publish(identity, &request, wire_bytes).await {
+        // One span per batch (exported when OTLP traces are on): admission, route,
+        // publish and the wait for Kafka's acks are its children.
+        let span = tracing::info_span!(
+            "batch",
+            transport = transport.label(),
+            req_guid = %request.req_guid,
+            events = request.events.len(),
+            bytes = wire_bytes,
+            code = tracing::field::Empty,
+        );
+        let response = match self
+            .admit_and_publish(identity, &request, wire_bytes)
+            .instrument(span.clone())
+            .await
+        {
             Ok(response) => response,
             Err(rejection) => rejection.response(&request.req_guid),
         };
+        span.record("code", response.code().as_str_name());
         self.answered(transport, response.code(), received);
         response
     }
@@ -121,6 +137,7 @@ impl Ingestor {
         })?;
         let _admitted =
             tokio::time::timeout(self.admission_timeout, self.inflight.acquire_many(permits))
+                .instrument(tracing::info_span!("admit"))
                 .await
                 .map_err(|_| {
                     Rejection::Overloaded(format!(
@@ -134,6 +151,7 @@ impl Ingestor {
 
         let received_at = SystemTime::now();
         self.count_received(request);
+        let route_span = tracing::info_span!("route").entered();
         let table = self.router.table();
         let mut failures = Vec::new();
         let mut routed = Vec::with_capacity(request.events.len());
@@ -151,6 +169,7 @@ impl Ingestor {
                 }
             }
         }
+        drop(route_span);
         let connection_key = identity.id.as_deref().map(str::as_bytes);
         let mut outgoing = routed.iter().map(|(index, topic, reason)| {
             let event = &request.events[*index];
@@ -174,9 +193,15 @@ impl Ingestor {
             sent_time_micros,
             received_at,
         };
-        let pending = self.publisher.publish(&mut outgoing, &context);
+        let pending = tracing::info_span!("publish", events = routed.len())
+            .in_scope(|| self.publisher.publish(&mut outgoing, &context));
         let delivery_failures = match self.acks {
-            AckMode::Sync => pending.wait(self.ack_deadline).await,
+            AckMode::Sync => {
+                pending
+                    .wait(self.ack_deadline)
+                    .instrument(tracing::info_span!("ack"))
+                    .await
+            }
             AckMode::Async => pending.enqueue_failures(),
         };
         failures.extend(delivery_failures);

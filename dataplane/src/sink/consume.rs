@@ -15,6 +15,7 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -242,7 +243,19 @@ fn spawn_flush<S: RecordSource>(
 ) {
     let tp: Tp = (job.topic.clone(), job.partition);
     let epoch = core.lock().map.get(&tp).map(|s| s.epoch);
-    tokio::spawn(async move {
+    // One span per flush attempt (exported when OTLP traces are on): encode, claim and
+    // upload are its children, then the commit.
+    let span = tracing::info_span!(
+        "flush",
+        topic = %tp.0,
+        partition = tp.1,
+        start = job.start,
+        end = job.end,
+        records = job.records.len(),
+        reason = job.reason.label(),
+        attempt = attempts + 1,
+    );
+    let flush = async move {
         let Ok(_permit) = core.slots.clone().acquire_owned().await else {
             return;
         };
@@ -257,9 +270,11 @@ fn spawn_flush<S: RecordSource>(
         match result {
             Ok(flushed) => {
                 let next = ps.flushed(&job);
+                let commit = tracing::info_span!("commit", offset = next).entered();
                 if let Err(error) = consumer.commit(&[(tp.clone(), next)], false) {
                     tracing::warn!(%error, topic = %tp.0, partition = tp.1, "offset commit failed; the progress markers still hold the position");
                 }
+                drop(commit);
                 super::failpoint::hit("after_commit");
                 core.metrics
                     .flush_seconds
@@ -294,7 +309,8 @@ fn spawn_flush<S: RecordSource>(
         }
         update_buffered(&core, &state);
         core.changed.notify_all();
-    });
+    };
+    tokio::spawn(flush.instrument(span));
 }
 
 /// On stop: flushes every buffer, retries failed flushes and waits for all of them,

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use futures_util::StreamExt;
 use object_store::ObjectStoreExt;
@@ -112,10 +113,18 @@ impl FlushContext {
     /// marker update. On `Err(Failed)` the job's marker field says whether the marker
     /// was created, so a retry writes exactly the same range.
     pub async fn run(&self, job: &mut FlushJob) -> Result<Flushed, FlushError> {
-        let encoded = self.encode(job).await?;
+        let encoded = self
+            .encode(job)
+            .instrument(tracing::info_span!("encode"))
+            .await?;
         failpoint::hit("after_encode");
-        let (marker, rewrite_marker) = self.claim(job, &encoded).await?;
-        self.upload(&encoded).await?;
+        let (marker, rewrite_marker) = self
+            .claim(job, &encoded)
+            .instrument(tracing::info_span!("claim"))
+            .await?;
+        self.upload(&encoded)
+            .instrument(tracing::info_span!("upload"))
+            .await?;
         failpoint::hit("after_uploads");
         if let Some((producer, topic, timeout)) = &self.dead_letter_topic {
             publish_dead_letters(producer, topic, *timeout, job, &encoded).await?;
