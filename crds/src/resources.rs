@@ -304,6 +304,7 @@ pub struct SinkWorkload {
     pub image: Option<String>,
     /// Replicas of a continuous sink (they share the partitions). Unset: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("replicas cannot be negative"))]
     pub replicas: Option<i32>,
     /// A cron schedule (`0 * * * *`): run as a CronJob in batch mode instead of a
     /// continuous Deployment.

@@ -55,12 +55,20 @@ const MAX_CRONJOB_NAME: usize = 52;
 
 /// Why a resource cannot be turned into objects. The message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("spec.{field}: {message}")]
+#[error("{}{message}", field_prefix(field))]
 pub struct InvalidSpec {
     /// Path of the offending field under `spec`.
     pub field: String,
     /// What is wrong and how to fix it.
     pub message: String,
+}
+
+/// `spec.<field>: `, or nothing for an error of the whole resource (its name).
+fn field_prefix(field: &str) -> String {
+    match field {
+        "" => String::new(),
+        field => format!("spec.{field}: "),
+    }
 }
 
 impl InvalidSpec {
