@@ -132,6 +132,9 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             report.records_written, options.data_dir
         );
     }
-    drop(embedded);
+    // The embedded cluster goes with the process, not before: background tasks the
+    // runtime has not dropped yet (the gateway's last Kafka check) still hold clients,
+    // which would log the cluster's end as an outage.
+    std::mem::forget(embedded);
     Ok(())
 }

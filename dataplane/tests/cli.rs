@@ -60,17 +60,25 @@ fn dev_serves_send_writes_parquet_and_stops_on_sigterm() {
 
 /// Starts `weir dev` on free ports writing to `data`; returns it and its HTTP address.
 fn start_dev(data: &std::path::Path) -> (std::process::Child, String) {
-    start_dev_with(data, &[])
+    let (dev, http, _) = start_dev_with(data, &[], true);
+    (dev, http)
 }
 
-/// [`start_dev`] with extra environment variables.
-fn start_dev_with(data: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
+/// What a process wrote to stderr so far, line by line.
+type Logged = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`start_dev`] with extra environment variables, on the example pipeline or on
+/// `weir dev`'s own default (no topics until the first event); also returns its stderr
+/// lines (at `WEIR_LOG=warn`: its warnings and errors), echoed to the test's stderr.
+fn start_dev_with(
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+    example: bool,
+) -> (std::process::Child, String, Logged) {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pipeline.yaml");
     let mut dev = Command::new(WEIR)
-        .args([
-            "dev",
-            "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pipeline.yaml"),
-        ])
+        .arg("dev")
+        .args(example.then_some(["-f", config]).into_iter().flatten())
         .args([
             "--http",
             "127.0.0.1:0",
@@ -86,8 +94,18 @@ fn start_dev_with(data: &std::path::Path, env: &[(&str, &str)]) -> (std::process
         .env("WEIR_LOG", "warn")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let logged = Logged::default();
+    let stderr = BufReader::new(dev.stderr.take().unwrap());
+    let sink = logged.clone();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            sink.lock().unwrap().push(line);
+        }
+    });
     let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
     let http = loop {
         let line = lines
@@ -103,7 +121,7 @@ fn start_dev_with(data: &std::path::Path, env: &[(&str, &str)]) -> (std::process
     assert!(printed.iter().any(|l| l.contains("files")), "{printed:?}");
     // Keep reading, so what weir dev prints at exit has somewhere to go.
     std::thread::spawn(move || lines.for_each(drop));
-    (dev, http)
+    (dev, http, logged)
 }
 
 fn send_two_clicks(http: &str) {
@@ -323,9 +341,10 @@ fn traces_follow_a_batch_and_a_flush_over_otlp() {
     let spans = collector::Spans::default();
     let addr = runtime.block_on(collector::start(spans.clone()));
     let data = tempfile::tempdir().unwrap();
-    let (mut dev, http) = start_dev_with(
+    let (mut dev, http, _) = start_dev_with(
         data.path(),
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{addr}"))],
+        true,
     );
     send_two_clicks(&http);
     wait_for_parquet(data.path(), |_| true);
@@ -339,4 +358,23 @@ fn traces_follow_a_batch_and_a_flush_over_otlp() {
             "no {wanted} span in {names:?}"
         );
     }
+}
+
+/// A normal run logs no warning or error: start (on the default configuration the
+/// sink subscribes before any topic exists), events, a flush, and a clean stop.
+#[test]
+fn a_normal_dev_run_logs_no_warnings_or_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut dev, http, logged) = start_dev_with(data.path(), &[], false);
+    send_two_clicks(&http);
+    wait_for_parquet(data.path(), |_| true);
+    stop_with_sigterm(&mut dev);
+    // The reader thread ends with the process; give it a moment to drain.
+    std::thread::sleep(Duration::from_millis(200));
+    let lines = logged.lock().unwrap().clone();
+    assert!(
+        lines.is_empty(),
+        "WEIR_LOG=warn printed during a normal run:\n{}",
+        lines.join("\n")
+    );
 }

@@ -70,6 +70,16 @@ impl KafkaLogs {
         }
     }
 
+    /// A delivery that failed: one WARN per topic and error code per window, with the
+    /// count held back. Every failure is still counted in the metrics and answered to
+    /// its client; during an outage each event would otherwise log a line.
+    pub fn delivery_failed(&self, topic: &str, error: &KafkaError) {
+        let kind = format!("delivery {topic} {:?}", error.rdkafka_error_code());
+        if let Some(held) = self.admit(kind) {
+            tracing::warn!(%topic, %error, held_back = held, "Kafka delivery failed");
+        }
+    }
+
     /// For `ClientContext::log`.
     pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
@@ -304,6 +314,26 @@ mod log_tests {
             logs.admit("a".into()),
             Some(2),
             "the next one says how many were held"
+        );
+    }
+
+    /// An outage fails every event: one line per topic and error code per window.
+    #[test]
+    fn delivery_failures_log_once_per_topic_and_code() {
+        let logs = KafkaLogs::default();
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        for _ in 0..1000 {
+            logs.delivery_failed("clicks", &timed_out);
+        }
+        logs.delivery_failed("views", &timed_out);
+        logs.delivery_failed("clicks", &too_large);
+        let kinds = logs.last.lock().unwrap();
+        assert_eq!(kinds.len(), 3);
+        let held: u64 = kinds.values().map(|(_, held)| held).sum();
+        assert_eq!(
+            held, 999,
+            "all but the first of each kind held back, and counted"
         );
     }
 }

@@ -65,7 +65,7 @@ impl ProducerContext for DeliveryReports {
             Err((error, _)) => {
                 let (code, reason) = ack::kafka_failure(error, &pending.counters.topic);
                 pending.counters.failed(&self.metrics, code);
-                tracing::warn!(topic = %pending.counters.topic, %error, "Kafka delivery failed");
+                self.logs.delivery_failed(&pending.counters.topic, error);
                 pending.batch.fail(EventResult {
                     index: pending.index,
                     code: code as i32,

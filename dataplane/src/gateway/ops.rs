@@ -50,6 +50,11 @@ impl Health {
         }
     }
 
+    /// Whether the last Kafka check failed.
+    fn kafka_failing(&self) -> bool {
+        self.kafka_error.lock().expect("health lock").is_some()
+    }
+
     fn record_kafka(&self, result: Result<(), String>) {
         *self.kafka_error.lock().expect("health lock") = result.err();
         self.kafka_checked.store(true, Ordering::Release);
@@ -66,8 +71,15 @@ pub async fn watch_kafka(log: Arc<dyn EventLog>, health: Arc<Health>, stop: Canc
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
-        if let Err(error) = &result {
-            tracing::warn!(%error, "Kafka metadata check failed");
+        // Logged when the state changes, not at every check: an outage is one line
+        // going down and one coming back; `/readyz` says why meanwhile.
+        let was_failing = health.kafka_failing();
+        match &result {
+            Err(error) if !was_failing => {
+                tracing::warn!(%error, "Kafka metadata check failed; not ready until it answers");
+            }
+            Ok(()) if was_failing => tracing::info!("Kafka metadata reachable again; ready"),
+            _ => {}
         }
         health.record_kafka(result);
         tokio::select! {

@@ -81,7 +81,9 @@ pub(super) async fn run<S: RecordSource>(
             _ = ticker.tick() => on_tick(&core, &consumer),
             message = consumer.recv(), if !full => match message {
                 Ok(message) => on_message(&core, &consumer, &message),
-                Err(error) => tracing::warn!(%error, "Kafka consumer error"),
+                // The source logs its errors itself (Kafka: the client's error
+                // callback, rate-limited); a second line per error would be noise.
+                Err(error) => tracing::debug!(%error, "Kafka consumer error"),
             },
         }
         let state = core.lock();

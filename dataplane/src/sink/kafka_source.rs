@@ -121,6 +121,15 @@ impl ClientContext for SinkContext {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // A pattern subscription matching no topic yet is how every new cluster starts
+        // (topics appear with their first event): not an error. A topic named in
+        // `source.topics` that does not exist is one.
+        let unknown_topic = error.rdkafka_error_code()
+            == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition);
+        if unknown_topic && self.core.settings.source.topics.is_empty() {
+            tracing::info!(%reason, "no topic matches source.topicPattern yet; waiting for one");
+            return;
+        }
         self.logs.error(&error, reason);
     }
 
