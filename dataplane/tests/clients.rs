@@ -78,13 +78,7 @@ async fn raccoon_json_clients_are_served_and_read_every_answer() {
         assert_eq!((&answer["status"], &answer["code"]), (&1.into(), &1.into()));
         assert!(answer["sent_time"].is_i64(), "Go's client needs a number");
     }
-    let bootstrap = kafka.bootstrap_servers();
-    let records =
-        tokio::task::spawn_blocking(move || read_topic(&bootstrap, "clickstream-page-log", 3))
-            .await
-            .unwrap();
-    let mut payloads: Vec<Vec<u8>> = records.iter().map(payload).collect();
-    payloads.sort();
+    let payloads = sorted_payloads(&kafka.bootstrap_servers(), "clickstream-page-log", 3).await;
     assert_eq!(
         payloads,
         [

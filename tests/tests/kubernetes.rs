@@ -324,6 +324,11 @@ fn check_against_crd(crd: &str, instance: &Path) -> Output {
         serde_json::to_vec(&crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]).unwrap(),
     )
     .unwrap();
+    check_jsonschema(&schema, instance)
+}
+
+/// `instance` (YAML or JSON) checked against the JSON schema in `schema`.
+fn check_jsonschema(schema: &Path, instance: &Path) -> Output {
     run(
         "check-jsonschema",
         &[
@@ -963,14 +968,9 @@ fn chart_alert_rules_are_valid_and_use_exported_metrics() {
 
 /// Checks a Prometheus rule file against tests/data/prometheus-rules.schema.json.
 fn check_rules_schema(rules: &Path) -> Output {
-    let schema = root().join("tests/data/prometheus-rules.schema.json");
-    run(
-        "check-jsonschema",
-        &[
-            "--schemafile",
-            schema.to_str().unwrap(),
-            rules.to_str().unwrap(),
-        ],
+    check_jsonschema(
+        &root().join("tests/data/prometheus-rules.schema.json"),
+        rules,
     )
 }
 

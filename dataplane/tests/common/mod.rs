@@ -190,6 +190,17 @@ pub fn read_topic(bootstrap: &str, topic: &str, count: usize) -> Vec<OwnedMessag
     out
 }
 
+/// The payloads of the first `count` records of `topic`, sorted.
+pub async fn sorted_payloads(bootstrap: &str, topic: &str, count: usize) -> Vec<Vec<u8>> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    let records = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, count))
+        .await
+        .unwrap();
+    let mut payloads: Vec<Vec<u8>> = records.iter().map(payload).collect();
+    payloads.sort();
+    payloads
+}
+
 pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
     let headers = message.headers()?;
     headers
