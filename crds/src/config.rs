@@ -109,7 +109,16 @@ pub fn read_sink(
 /// refuses, `weir gateway -f` and `weir sink -f` refuse too.
 fn check_rules(kind: crate::rules::Kind, value: &Value) -> Result<(), ConfigError> {
     let json = serde_json::to_value(value).map_err(|e| ConfigError::Parse(e.to_string()))?;
-    crate::rules::check_spec(kind, &json)
+    let broken = crate::rules::broken_in_spec(kind, &json);
+    let Some(first) = broken.first() else {
+        return Ok(());
+    };
+    // The first rule names the field; the others follow in the message.
+    let mut message = first.message.clone();
+    for other in &broken[1..] {
+        message.push_str(&format!("; {other}"));
+    }
+    Err(invalid(&first.field, message))
 }
 
 /// The spec as YAML: the file's (bare or from a manifest of `kind`) with the

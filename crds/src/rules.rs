@@ -63,18 +63,18 @@ pub fn broken(kind: Kind, object: &serde_json::Value) -> Vec<BrokenRule> {
     }
 }
 
-/// [`broken`] for a bare spec, as a configuration error naming the first broken rule's
-/// field under `spec` (and the others after it).
-pub fn check_spec(kind: Kind, spec: &serde_json::Value) -> Result<(), crate::config::ConfigError> {
+/// [`broken`] for a bare spec (`{"spec": spec}`), with fields as paths under `spec`.
+pub fn broken_in_spec(kind: Kind, spec: &serde_json::Value) -> Vec<BrokenRule> {
     let object = serde_json::json!({ "spec": spec });
-    let broken = broken(kind, &object);
-    let Some(first) = broken.first() else {
-        return Ok(());
-    };
-    let field = first.field.strip_prefix("spec.").unwrap_or(&first.field);
-    let mut message = first.message.clone();
-    for other in &broken[1..] {
-        message.push_str(&format!("; {other}"));
-    }
-    Err(crate::config::invalid(field, message))
+    broken(kind, &object)
+        .into_iter()
+        .map(|rule| BrokenRule {
+            field: rule
+                .field
+                .strip_prefix("spec.")
+                .unwrap_or(&rule.field)
+                .to_string(),
+            message: rule.message,
+        })
+        .collect()
 }
