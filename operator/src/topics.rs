@@ -27,6 +27,29 @@ use weir_crds::pipeline::{KafkaSpec, TopicSpec};
 
 use crate::build::hash_of;
 
+/// `bootstrap.servers` as the pipeline's pods resolve it, for a client running in the
+/// operator's own namespace: a bare Service name (`kafka:9092`) means the Service in the
+/// pipeline's namespace, so it becomes `kafka.<namespace>.svc:9092`. Names with a dot,
+/// IP addresses and `localhost` resolve the same from anywhere and are kept.
+pub fn bootstrap_in_namespace(servers: &str, namespace: &str) -> String {
+    servers
+        .split(',')
+        .map(|entry| {
+            let entry = entry.trim();
+            let (host, port) = entry.rsplit_once(':').unwrap_or((entry, ""));
+            let bare = !host.is_empty()
+                && !host.contains(['.', '[', ']', ':', '/'])
+                && host != "localhost";
+            match (bare, port) {
+                (false, _) => entry.to_string(),
+                (true, "") => format!("{host}.{namespace}.svc"),
+                (true, port) => format!("{host}.{namespace}.svc:{port}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Creates and grows topics. The real one talks to Kafka; tests use a fake.
 pub trait TopicAdmin: Send + Sync {
     /// Makes every topic exist with at least its partitions.
@@ -296,6 +319,23 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_service_names_resolve_in_the_pipelines_namespace() {
+        assert_eq!(
+            bootstrap_in_namespace(
+                "kafka:9092, kafka-1.kafka.svc:9092,10.0.0.1:9092",
+                "analytics"
+            ),
+            "kafka.analytics.svc:9092,kafka-1.kafka.svc:9092,10.0.0.1:9092"
+        );
+        assert_eq!(
+            bootstrap_in_namespace("localhost:9092", "a"),
+            "localhost:9092"
+        );
+        assert_eq!(bootstrap_in_namespace("[::1]:9092", "a"), "[::1]:9092");
+        assert_eq!(bootstrap_in_namespace("broker", "a"), "broker.a.svc");
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Fails its first `failures` calls; with `hang`, never answers.

@@ -41,7 +41,8 @@ fn render_prints_every_object_for_review() {
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
             "ConfigMap",
-            "Deployment"
+            "Deployment",
+            "Service"
         ]
     );
     assert!(text.contains("namespace: analytics"));

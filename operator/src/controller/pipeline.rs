@@ -113,6 +113,11 @@ async fn kafka_with_credentials(
     pipeline: &IngestPipeline,
 ) -> Result<KafkaSpec, KafkaSecretUnreadable> {
     let mut kafka = pipeline.spec.pipeline.kafka.clone();
+    // The operator runs in its own namespace; the gateway in the pipeline's.
+    kafka.bootstrap_servers = crate::topics::bootstrap_in_namespace(
+        &kafka.bootstrap_servers,
+        pipeline.namespace().as_deref().unwrap_or("default"),
+    );
     let Some(secret) = &pipeline.spec.workload.kafka_secret else {
         return Ok(kafka);
     };
