@@ -59,11 +59,29 @@ impl Visitor<'_> for SizeVisitor {
     }
 }
 
-/// The CRD schema: an integer or a string, as Kubernetes writes int-or-string fields.
+/// What the CRD's rule accepts as a string size (the loaders' parser accepts the same).
+const SIZE_PATTERN: &str = r"^\s*[0-9]+(\.[0-9]+)?\s*([kKmMgGtTpPeE][iI]?[bB]?|[bB])?\s*$";
+
+/// The CRD schema: an int-or-string field whose integers may not be negative and whose
+/// strings must read as sizes, checked by a CEL rule (an int-or-string field cannot carry
+/// `minimum` or `pattern` for one of its types only), so the API server refuses what the
+/// loaders would.
 pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    // `string(self)` reads an integer as its digits, so one pattern refuses negative
+    // numbers and text that is not a size alike.
+    let rule = format!(
+        "size(string(self)) <= 32 && string(self).matches('{}')",
+        SIZE_PATTERN.replace('\\', "\\\\")
+    );
     schemars::json_schema!({
         "x-kubernetes-int-or-string": true,
-        "anyOf": [{ "type": "integer", "minimum": 0 }, { "type": "string", "maxLength": 32 }]
+        // kube marks optional int-or-string fields nullable; a null size would be kept
+        // and fail the operator's typed reads, so the API server must drop it instead.
+        "nullable": false,
+        "x-kubernetes-validations": [{
+            "rule": rule,
+            "message": "a size is a number of bytes (4096) or a number with a unit (128Mi, 1GiB, 64k)"
+        }]
     })
 }
 

@@ -142,3 +142,26 @@ fn a_sink_must_name_its_pipeline() {
         "pipelineRef.name must name an IngestPipeline",
     );
 }
+
+/// Size fields take bytes or a size with a unit; the API server refuses negatives and
+/// text that is not a size, as the loaders do.
+#[test]
+fn sizes_are_non_negative_numbers_or_sizes_with_units() {
+    for good in [json!(4096), json!("128Mi"), json!("1.5GiB"), json!("64k")] {
+        let mut object = example("pipeline.yaml");
+        object["spec"]["limits"] = json!({"maxBatchBytes": good});
+        assert_eq!(
+            broken(&pipelines(), &object, None),
+            Vec::<String>::new(),
+            "{good}"
+        );
+    }
+    for bad in [json!(-1), json!("12 parsecs"), json!("Mi")] {
+        let mut object = example("pipeline.yaml");
+        object["spec"]["limits"] = json!({"maxBatchBytes": bad});
+        assert_refused(
+            broken(&pipelines(), &object, None),
+            "a size is a number of bytes",
+        );
+    }
+}

@@ -86,6 +86,12 @@ pub struct KafkaLog {
 impl KafkaLog {
     /// Creates the producer from a complete client configuration.
     pub fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> rdkafka::error::KafkaResult<Self> {
+        // Statistics feed the weir_kafka_* gauges (DeliveryReports::stats).
+        let mut config = config.clone();
+        config.set(
+            "statistics.interval.ms",
+            weir_runtime::kafka::STATISTICS_INTERVAL,
+        );
         let producer = config.create_with_context(DeliveryReports {
             metrics: metrics.clone(),
             logs: Default::default(),
