@@ -422,7 +422,8 @@ impl Default for AuthSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct CorsSpec {
-    /// Origins allowed to call the HTTP endpoint; `*` allows any. Empty disables CORS.
+    /// Origins allowed to call the HTTP endpoint; `*` allows any. Empty disables CORS. A
+    /// POST carrying `Origin` (from a browser page) is taken only from these origins.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
     /// Request headers browsers may send besides the identity and auth headers, which

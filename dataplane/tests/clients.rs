@@ -142,6 +142,39 @@ async fn beacons_sent_as_text_plain_are_read_as_json() {
     gateway.shutdown().await;
 }
 
+/// A `text/plain` POST needs no CORS preflight, so browsers send it from any page: the
+/// gateway takes it only from `cors.allowedOrigins`, and never while CORS is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beacons_from_pages_of_other_origins_are_refused() {
+    let beacon = |gateway: &weir::gateway::Gateway, origin: &'static str| {
+        let url = format!("http://{}/api/v1/events", gateway.http_addr);
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("Content-Type", "text/plain;charset=UTF-8")
+                .header("Origin", origin)
+                .body(JS_BODY)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let (_kafka, gateway) =
+        start(|spec| spec.cors.allowed_origins = vec!["https://app.example".into()]).await;
+    assert_eq!(beacon(&gateway, "https://app.example").await, 200);
+    assert_eq!(beacon(&gateway, "https://evil.example").await, 403);
+    gateway.shutdown().await;
+    let (_kafka, gateway) = start(|_| {}).await;
+    assert_eq!(
+        beacon(&gateway, "https://app.example").await,
+        403,
+        "CORS is off"
+    );
+    gateway.shutdown().await;
+}
+
 async fn connect_url(
     gateway: &weir::gateway::Gateway,
     query: &str,

@@ -187,7 +187,7 @@ async fn bad_requests_get_codes_that_mean_something() {
     assert_eq!(status, 200);
 
     // 415: a content type the gateway does not read; answered in Raccoon JSON.
-    let (status, _, body) = post(&gateway, "text/plain", b"hi".to_vec(), &auth).await;
+    let (status, _, body) = post(&gateway, "text/html", b"hi".to_vec(), &auth).await;
     assert_eq!(status, 415);
     assert_eq!(json_code(&body), Code::BadRequest as i64);
 

@@ -129,10 +129,14 @@ async fn main() -> anyhow::Result<()> {
                 lease_name,
                 holder,
                 lease_ttl,
+                // Sorted and without repeats: two controllers on one namespace would
+                // race each other's applies.
                 watch_namespaces: watch_namespaces
                     .into_iter()
                     .map(|n| n.trim().to_string())
                     .filter(|n| !n.is_empty())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
                     .collect(),
             };
             run(client, ctx, settings).await?;

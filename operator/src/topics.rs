@@ -36,14 +36,19 @@ pub fn bootstrap_in_namespace(servers: &str, namespace: &str) -> String {
         .split(',')
         .map(|entry| {
             let entry = entry.trim();
-            let (host, port) = entry.rsplit_once(':').unwrap_or((entry, ""));
+            // An optional listener name, as in `SASL_SSL://kafka:9092`.
+            let (scheme, address) = match entry.split_once("://") {
+                Some((scheme, address)) => (format!("{scheme}://"), address),
+                None => (String::new(), entry),
+            };
+            let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
             let bare = !host.is_empty()
                 && !host.contains(['.', '[', ']', ':', '/'])
                 && host != "localhost";
             match (bare, port) {
                 (false, _) => entry.to_string(),
-                (true, "") => format!("{host}.{namespace}.svc"),
-                (true, port) => format!("{host}.{namespace}.svc:{port}"),
+                (true, "") => format!("{scheme}{host}.{namespace}.svc"),
+                (true, port) => format!("{scheme}{host}.{namespace}.svc:{port}"),
             }
         })
         .collect::<Vec<_>>()
@@ -335,6 +340,10 @@ mod tests {
         );
         assert_eq!(bootstrap_in_namespace("[::1]:9092", "a"), "[::1]:9092");
         assert_eq!(bootstrap_in_namespace("broker", "a"), "broker.a.svc");
+        assert_eq!(
+            bootstrap_in_namespace("SASL_SSL://kafka:9093", "a"),
+            "SASL_SSL://kafka.a.svc:9093"
+        );
     }
     use std::sync::atomic::{AtomicUsize, Ordering};
 

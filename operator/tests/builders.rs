@@ -216,6 +216,53 @@ fn specs_a_cluster_cannot_run_are_refused_naming_the_field() {
         .to_string();
     assert!(message.starts_with("spec.storage.url:"), "{message}");
     assert!(message.contains("s3://"), "{message}");
+
+    // Names Kubernetes would refuse for the children, said before anything is applied.
+    let sink_error = |b: &SinkBinding| {
+        build::sink::build(b, &pipeline(), &defaults())
+            .unwrap_err()
+            .to_string()
+    };
+    let mut dotted = binding();
+    dotted.metadata.name = Some("orders.v2".into());
+    assert!(
+        sink_error(&dotted).contains("Service name"),
+        "{}",
+        sink_error(&dotted)
+    );
+    let mut long_label = binding();
+    long_label.metadata.name = Some("s".repeat(55));
+    assert!(
+        sink_error(&long_label).contains("at most 51 characters"),
+        "{}",
+        sink_error(&long_label)
+    );
+    let mut twice = pipeline();
+    twice.spec.workload.pod.env = serde_json::from_value(serde_json::json!([
+        {"name": "A", "value": "1"}, {"name": "A", "value": "2"}
+    ]))
+    .unwrap();
+    assert!(
+        error(&twice).starts_with("spec.workload.pod.env[1].name:"),
+        "{}",
+        error(&twice)
+    );
+}
+
+/// The user's `WEIR_LOG_FORMAT` replaces Weir's rather than repeating the name, which
+/// server-side apply would refuse.
+#[test]
+fn a_users_env_replaces_weirs_own_variable_of_the_same_name() {
+    let mut pipeline = pipeline();
+    pipeline.spec.workload.pod.env = serde_json::from_value(serde_json::json!([
+        {"name": "WEIR_LOG_FORMAT", "value": "text"}
+    ]))
+    .unwrap();
+    let children = json(&build::gateway::build(&pipeline, &defaults()).unwrap());
+    let deployment = children.iter().find(|c| c["kind"] == "Deployment").unwrap();
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(env.as_array().unwrap().len(), 1, "{env}");
+    assert_eq!(env[0]["value"], "text");
 }
 
 /// `workload.pod` reaches the pod template: identity, scheduling, pull secrets, extra

@@ -32,9 +32,14 @@ pub enum Rejection {
     /// Authentication failed.
     #[error("{0}")]
     Unauthorized(String),
-    /// A browser page from an origin not in `websocket.allowedOrigins` asked to connect.
-    #[error("origin {0:?} is not in websocket.allowedOrigins")]
-    OriginNotAllowed(String),
+    /// A browser page from an origin the setting does not list sent a request.
+    #[error("origin {origin:?} is not in {setting}")]
+    OriginNotAllowed {
+        /// The page's origin.
+        origin: String,
+        /// `websocket.allowedOrigins` or `cors.allowedOrigins`.
+        setting: &'static str,
+    },
     /// The batch is larger than `limits.maxBatchBytes`.
     #[error("batch exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
@@ -63,7 +68,7 @@ impl Rejection {
             | Rejection::UnsupportedMediaType(_)
             | Rejection::UnsupportedEncoding(_)
             | Rejection::ReadTimeout(_) => Code::BadRequest,
-            Rejection::Unauthorized(_) | Rejection::OriginNotAllowed(_) => Code::Unauthorized,
+            Rejection::Unauthorized(_) | Rejection::OriginNotAllowed { .. } => Code::Unauthorized,
             Rejection::TooLarge { .. } => Code::PayloadTooLarge,
             Rejection::Overloaded(_) => Code::RateLimited,
             Rejection::Unavailable(_) => Code::Unavailable,
@@ -80,7 +85,7 @@ impl Rejection {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             Rejection::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Rejection::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            Rejection::OriginNotAllowed { .. } => StatusCode::FORBIDDEN,
             other => http_status(other.code()),
         }
     }

@@ -108,6 +108,7 @@ fn cors_layer(settings: &GatewaySettings) -> Option<CorsLayer> {
     let headers: Vec<HeaderName> = [
         "content-type",
         "content-encoding",
+        "x-weir-event-results",
         &settings.identity.id_header,
         &settings.identity.group_header,
         &settings.auth.header,
@@ -167,20 +168,47 @@ fn wants_event_results(headers: &HeaderMap, query: &QueryParams) -> bool {
         || query_param(query, "event_results").is_some_and(yes)
 }
 
-/// Refuses a browser page from an origin `websocket.allowedOrigins` does not list.
-fn check_origin(shared: &Shared, headers: &HeaderMap) -> Result<(), Rejection> {
-    let allowed = &shared.settings.websocket.allowed_origins;
+/// Which browser pages may send: requests without `Origin` are not from a browser and
+/// always pass; others only from an origin `allowed` lists (`*`: any).
+fn check_origin(
+    headers: &HeaderMap,
+    allowed: &[String],
+    setting: &'static str,
+) -> Result<(), Rejection> {
     let Some(origin) = header(headers, ORIGIN.as_str()) else {
         return Ok(());
     };
-    if allowed.is_empty()
-        || allowed
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
     {
         return Ok(());
     }
-    Err(Rejection::OriginNotAllowed(origin.to_string()))
+    Err(Rejection::OriginNotAllowed {
+        origin: origin.to_string(),
+        setting,
+    })
+}
+
+/// WebSocket upgrades: `websocket.allowedOrigins`, where empty means any origin
+/// (Raccoon's browser clients connect from wherever they are served).
+fn check_websocket_origin(shared: &Shared, headers: &HeaderMap) -> Result<(), Rejection> {
+    let allowed = &shared.settings.websocket.allowed_origins;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    check_origin(headers, allowed, "websocket.allowedOrigins")
+}
+
+/// POSTs from browser pages: only from `cors.allowedOrigins`. A `text/plain` POST needs
+/// no CORS preflight, so without this any site could make its visitors' browsers send
+/// events even where CORS is off; CORS only hides the answer from the page.
+fn check_post_origin(shared: &Shared, headers: &HeaderMap) -> Result<(), Rejection> {
+    check_origin(
+        headers,
+        &shared.settings.cors.allowed_origins,
+        "cors.allowedOrigins",
+    )
 }
 
 async fn post_events(
@@ -193,6 +221,7 @@ async fn post_events(
     let kind = decode::content_kind(header(&headers, CONTENT_TYPE.as_str()));
     let fallback = refusal_encoding(&kind);
     let prepared = async {
+        check_post_origin(&shared, &headers)?;
         let identity = authenticate(&shared, &headers, &query)?;
         let kind = kind?;
         let limit = shared.settings.limits.max_batch_bytes;
@@ -284,7 +313,8 @@ async fn upgrade(
             "the gateway is shutting down".into(),
         ))
     } else {
-        check_origin(&shared, &headers).and_then(|()| authenticate(&shared, &headers, &query))
+        check_websocket_origin(&shared, &headers)
+            .and_then(|()| authenticate(&shared, &headers, &query))
     };
     let event_results = wants_event_results(&headers, &query);
     let identity = match admitted {

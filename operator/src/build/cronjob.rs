@@ -57,11 +57,17 @@ pub(super) fn check_schedule(schedule: &str) -> Result<(), String> {
         "@midnight",
         "@hourly",
     ];
+    // Kubernetes' parser reads nicknames case-sensitively, and `@every <duration>`.
+    if let Some(every) = trimmed.strip_prefix("@every ") {
+        return humantime::parse_duration(every.trim())
+            .map(|_| ())
+            .map_err(|e| format!("{trimmed:?}: {every:?} is not a duration such as 1h30m: {e}"));
+    }
     if trimmed.starts_with('@') {
-        return match NICKNAMES.iter().any(|n| n.eq_ignore_ascii_case(trimmed)) {
+        return match NICKNAMES.contains(&trimmed) {
             true => Ok(()),
             false => Err(format!(
-                "{trimmed:?} is not a cron nickname: use one of {NICKNAMES:?}"
+                "{trimmed:?} is not a cron nickname: use one of {NICKNAMES:?} or @every <duration>"
             )),
         };
     }
@@ -77,7 +83,7 @@ pub(super) fn check_schedule(schedule: &str) -> Result<(), String> {
         "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC", "SUN",
         "MON", "TUE", "WED", "THU", "FRI", "SAT",
     ];
-    for field in &fields {
+    for (position, field) in fields.iter().enumerate() {
         let mut rest = field.to_ascii_uppercase();
         for name in NAMES {
             rest = rest.replace(name, "0");
@@ -85,6 +91,17 @@ pub(super) fn check_schedule(schedule: &str) -> Result<(), String> {
         if let Some(bad) = rest.chars().find(|c| !"0123456789*?,-/".contains(*c)) {
             return Err(format!(
                 "{field:?} in {schedule:?}: {bad:?} is not cron syntax"
+            ));
+        }
+        // Days of the week are 0-6 (Sunday 0) for Kubernetes; 7 is not Sunday there.
+        const DAY_OF_WEEK: usize = 4;
+        let mut days = rest.split(',').flat_map(|part| {
+            let range = part.split('/').next().unwrap_or("");
+            range.split('-').filter_map(|n| n.parse::<u32>().ok())
+        });
+        if position == DAY_OF_WEEK && days.any(|day| day > 6) {
+            return Err(format!(
+                "{field:?} in {schedule:?}: days of the week are 0-6 (Sunday is 0) or SUN-SAT"
             ));
         }
     }
@@ -109,7 +126,10 @@ mod tests {
             "0 * * * *",
             "*/15 2-4 * JAN-MAR mon,fri",
             "@hourly",
+            "@midnight",
+            "@every 1h30m",
             "0 0 ? * *",
+            "0 0 * * 0-6",
         ] {
             assert_eq!(check_schedule(good), Ok(()), "{good}");
         }
@@ -119,7 +139,10 @@ mod tests {
             ("61 * * * *", "not a valid schedule"),
             ("0 0 L * *", "not cron syntax"),
             ("0 0 * * 5#2", "not cron syntax"),
-            ("@every 5m", "not a cron nickname"),
+            ("@every soon", "not a duration"),
+            ("@Daily", "not a cron nickname"),
+            ("0 0 * * 7", "days of the week are 0-6"),
+            ("0 0 * * 1-7", "days of the week are 0-6"),
             ("TZ=UTC 0 * * * *", "time zone"),
             ("every hour", "fields"),
         ] {

@@ -11,7 +11,7 @@ use super::configmap::{config_map, config_volume, to_yaml};
 use super::deployment::{self, Rollout};
 use super::pod::Pod;
 use super::{
-    Child, Defaults, InvalidSpec, MAX_SERVICE_NAME, Owner, check_name, hash_of, hpa, listen_port,
+    Child, Defaults, InvalidSpec, MAX_SERVICE_NAME, Owner, check_names, hash_of, hpa, listen_port,
     pdb, service,
 };
 
@@ -70,7 +70,8 @@ fn service_ports(pipeline: &IngestPipeline) -> (i32, i32) {
 pub fn build(pipeline: &IngestPipeline, defaults: &Defaults) -> Result<Vec<Child>, InvalidSpec> {
     let owner = Owner::of(pipeline);
     let name = workload_name(&owner.name);
-    let ports = validate(&pipeline.spec.pipeline, &name)?;
+    let ports = validate(&pipeline.spec.pipeline, &owner, &name)?;
+    super::pod::check_settings(&pipeline.spec.workload.pod)?;
     let workload = &pipeline.spec.workload;
 
     let (config_map, routing_map) = config_maps(&owner, &name, &pipeline.spec.pipeline);
@@ -131,7 +132,7 @@ struct Ports {
 }
 
 /// Whether a cluster can run `spec` as the gateway `name`; its listen ports if so.
-fn validate(spec: &PipelineSpec, name: &str) -> Result<Ports, InvalidSpec> {
+fn validate(spec: &PipelineSpec, owner: &Owner, name: &str) -> Result<Ports, InvalidSpec> {
     let settings = weir_crds::settings::GatewaySettings::try_from(spec.clone())
         .map_err(InvalidSpec::from_config)?;
     if spec.routing.file.is_some() {
@@ -140,7 +141,7 @@ fn validate(spec: &PipelineSpec, name: &str) -> Result<Ports, InvalidSpec> {
             "the operator mounts the routing table itself: list the rules under routing",
         ));
     }
-    check_name(name, MAX_SERVICE_NAME)?;
+    check_names(owner, name, MAX_SERVICE_NAME, true)?;
     Ok(Ports {
         http: listen_port("listen.http", settings.listen.http)?,
         grpc: listen_port("listen.grpc", settings.listen.grpc)?,

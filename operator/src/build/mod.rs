@@ -284,15 +284,33 @@ impl Owner {
     }
 }
 
-/// Checks a child name against a Kubernetes length limit.
-fn check_name(name: &str, limit: usize) -> Result<(), InvalidSpec> {
+/// The longest label value Kubernetes accepts.
+const MAX_LABEL_VALUE: usize = 63;
+
+/// Checks the names derived from metadata.name against what Kubernetes accepts: the
+/// child name `name` against `limit`; when the workload has a Service, that name as a
+/// DNS-1035 label (a letter first, no dots), which resource names need not be; and the
+/// owner label's value (`<kind>.<name>`, part of every selector) against 63 characters.
+fn check_names(owner: &Owner, name: &str, limit: usize, service: bool) -> Result<(), InvalidSpec> {
+    let refuse = |why: String| Err(InvalidSpec::new("", why));
     if name.len() > limit {
-        return Err(InvalidSpec::new(
-            "",
-            format!(
-                "the object name {name} derived from metadata.name is longer than {limit} \
-                 characters; use a shorter resource name"
-            ),
+        return refuse(format!(
+            "the object name {name} derived from metadata.name is longer than {limit} \
+             characters; use a shorter resource name"
+        ));
+    }
+    if service && !(name.starts_with(|c: char| c.is_ascii_lowercase()) && !name.contains('.')) {
+        return refuse(format!(
+            "the Service name {name} derived from metadata.name must start with a letter and \
+             hold no dots; use a name of lowercase letters, digits and '-'"
+        ));
+    }
+    let label = owner.label_value();
+    if label.len() > MAX_LABEL_VALUE {
+        return refuse(format!(
+            "the label value {label} derived from metadata.name is longer than \
+             {MAX_LABEL_VALUE} characters; use a resource name of at most {} characters",
+            MAX_LABEL_VALUE - (label.len() - owner.name.len())
         ));
     }
     Ok(())

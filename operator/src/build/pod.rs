@@ -114,14 +114,18 @@ impl Pod<'_> {
 }
 
 impl Pod<'_> {
-    /// The log format first, then the user's variables, which may override it.
+    /// The log format, unless the user sets `WEIR_LOG_FORMAT` themselves, then the
+    /// user's variables. Names stay unique: server-side apply refuses a list of
+    /// containers' env with one name twice (the builders refuse the user's repeats).
     fn env(&self) -> Vec<EnvVar> {
         let format = self.settings.log_format.unwrap_or_default();
-        let mut env = vec![EnvVar {
+        let own = EnvVar {
             name: "WEIR_LOG_FORMAT".into(),
             value: Some(format.as_str().into()),
             ..EnvVar::default()
-        }];
+        };
+        let overridden = self.settings.env.iter().any(|e| e.name == own.name);
+        let mut env: Vec<EnvVar> = (!overridden).then_some(own).into_iter().collect();
         env.extend(self.settings.env.iter().cloned());
         env
     }
@@ -146,6 +150,21 @@ fn spread_constraints(
             constraint
         })
         .collect()
+}
+
+/// Refuses what Kubernetes would refuse of `workload.pod` before the pod is built: an
+/// environment variable named twice.
+pub(super) fn check_settings(settings: &PodSettings) -> Result<(), super::InvalidSpec> {
+    let mut seen = std::collections::HashSet::new();
+    for (index, var) in settings.env.iter().enumerate() {
+        if !seen.insert(var.name.as_str()) {
+            return Err(super::InvalidSpec::new(
+                format!("workload.pod.env[{index}].name"),
+                format!("{:?} is set twice; keep one entry per name", var.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {

@@ -12,7 +12,7 @@ use super::configmap::{config_map, config_volume, to_yaml};
 use super::deployment::{self, Rollout};
 use super::pod::Pod;
 use super::{
-    Child, Defaults, InvalidSpec, MAX_CRONJOB_NAME, MAX_SERVICE_NAME, Owner, check_name, cronjob,
+    Child, Defaults, InvalidSpec, MAX_CRONJOB_NAME, MAX_SERVICE_NAME, Owner, check_names, cronjob,
     hash_of, listen_port, service,
 };
 
@@ -76,7 +76,8 @@ pub fn build(
     let owner = Owner::of(binding);
     let name = workload_name(&owner.name);
     let workload = &binding.spec.workload;
-    let (spec, metrics) = validate(binding, pipeline, &name)?;
+    let (spec, metrics) = validate(binding, pipeline, &owner, &name)?;
+    super::pod::check_settings(&workload.pod)?;
 
     let config_map = config_map(
         &owner,
@@ -137,6 +138,7 @@ pub fn build(
 fn validate(
     binding: &SinkBinding,
     pipeline: &IngestPipeline,
+    owner: &Owner,
     name: &str,
 ) -> Result<(SinkSpec, i32), InvalidSpec> {
     let workload = &binding.spec.workload;
@@ -168,11 +170,11 @@ fn validate(
         cronjob::check_schedule(schedule)
             .map_err(|message| InvalidSpec::new("workload.schedule", message))?;
     }
-    let longest = match workload.schedule {
-        Some(_) => MAX_CRONJOB_NAME,
-        None => MAX_SERVICE_NAME,
-    };
-    check_name(name, longest)?;
+    // A continuous sink has a metrics Service; a batch job has none.
+    match workload.schedule {
+        Some(_) => check_names(owner, name, MAX_CRONJOB_NAME, false)?,
+        None => check_names(owner, name, MAX_SERVICE_NAME, true)?,
+    }
     let metrics = listen_port("listen.metrics", settings.metrics_addr)?;
     Ok((spec, metrics))
 }
