@@ -714,3 +714,37 @@ async fn lag_counts_the_backlog_before_the_first_commit() {
     }
     sink.shutdown().await.unwrap();
 }
+
+/// A restarted sink resumes at its markers: its lag counts only what came after them,
+/// not the whole retained log, and only the partitions it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lag_after_a_restart_counts_from_what_is_written() {
+    let kafka = kafka_with_topic(2);
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    produce(&bootstrap, 0, 100, json_payload).await;
+    let sink = Sink::start(SinkSettings::try_from(sink_spec(&bootstrap, dir.path())).unwrap())
+        .await
+        .unwrap();
+    wait_for_records(dir.path(), 100, Duration::from_secs(30)).await;
+    sink.shutdown().await.unwrap();
+
+    produce(&bootstrap, 100, 30, json_payload).await;
+    let mut spec = sink_spec(&bootstrap, dir.path());
+    spec.flush.max_records = 100_000;
+    spec.flush.max_age = Duration::from_secs(3600);
+    let sink = Sink::start(SinkSettings::try_from(spec).unwrap())
+        .await
+        .unwrap();
+    let lag_line = format!("weir_sink_consumer_lag_records{{topic=\"{TOPIC}\"}} 30\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = sink_metrics(sink.metrics_addr).await;
+        if metrics.contains(&lag_line) || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(metrics.contains(&lag_line), "{lag_line} not in\n{metrics}");
+    sink.shutdown().await.unwrap();
+}

@@ -135,12 +135,18 @@ impl ClientContext for SinkContext {
 
     fn stats(&self, statistics: Statistics) {
         self.core.metrics.kafka.observe(&statistics);
+        let state = self.core.lock();
         for (topic, stats) in &statistics.topics {
+            let name: Arc<str> = Arc::from(topic.as_str());
+            // Only this sink's partitions: librdkafka keeps figures of revoked ones, which
+            // another replica now reports.
             let lag: i64 = stats
                 .partitions
                 .iter()
-                .filter(|(p, _)| **p >= 0)
-                .filter_map(|(_, s)| unwritten_records(s))
+                .filter_map(|(partition, figures)| {
+                    let ps = state.map.get(&(name.clone(), *partition))?;
+                    unwritten_records(figures, ps.next_start)
+                })
                 .sum();
             let label = self.core.metrics.topics.get(topic).to_string();
             self.core
@@ -152,20 +158,24 @@ impl ClientContext for SinkContext {
     }
 }
 
-/// Records of a partition not yet in files: past the committed offset (the sink commits
-/// only what it wrote), or, while the group has committed nothing, past the log's start.
-/// librdkafka's own `consumer_lag` reads -1 until the first commit, which would show an
-/// unwritten backlog as no lag at all. `None` before the partition's offsets are known.
-fn unwritten_records(partition: &rdkafka::statistics::Partition) -> Option<i64> {
+/// Records of a partition not yet in files: past the start of the sink's next range
+/// (`written_up_to`, from its markers or flushes), else past the committed offset, else,
+/// while nothing was ever committed or written, past the log's start. librdkafka's own
+/// `consumer_lag` reads -1 until the group commits, and its committed offset stays
+/// unknown for partitions the sink starts at its markers' position, either of which
+/// would show an unwritten backlog wrongly. `None` before the log's end is known.
+fn unwritten_records(
+    partition: &rdkafka::statistics::Partition,
+    written_up_to: Option<i64>,
+) -> Option<i64> {
     if partition.hi_offset < 0 {
         return None;
     }
-    let written_up_to = if partition.committed_offset >= 0 {
-        partition.committed_offset
-    } else if partition.lo_offset >= 0 {
-        partition.lo_offset
-    } else {
-        return None;
+    let written_up_to = match written_up_to {
+        Some(offset) => offset,
+        None if partition.committed_offset >= 0 => partition.committed_offset,
+        None if partition.lo_offset >= 0 => partition.lo_offset,
+        None => return None,
     };
     Some((partition.hi_offset - written_up_to).max(0))
 }
