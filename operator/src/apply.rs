@@ -180,6 +180,15 @@ impl Applier<'_> {
         let mut outcome = Applied::Written;
         if let Some(live) = api.get_opt(name).await? {
             let live = serde_json::to_value(&live).expect("Kubernetes objects serialize");
+            // Compared whole, before drift (which ignores what others add): a selector
+            // is the exact set of labels it matches.
+            if selector_changed(child, &desired, &live) {
+                self.replace_keeping_pods(&api, child).await?;
+                return self
+                    .write(&api, child, desired)
+                    .await
+                    .map(|()| Applied::Written);
+            }
             let Some(field) = drift::first_difference(&desired, &live) else {
                 return Ok(Applied::Current);
             };
@@ -200,15 +209,9 @@ impl Applier<'_> {
                 });
             }
         }
-        let applied = api
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(desired),
-            )
-            .await;
+        let applied = self.write(&api, child, desired).await;
         match (applied, &outcome) {
-            (Ok(_), _) => {}
+            (Ok(()), _) => {}
             // A hand edit the desired object cannot be merged with (two ports of one
             // name): say so, and let the rest of the reconcile and the status go on.
             (Err(kube::Error::Api(refusal)), Applied::Corrected(drift)) if refusal.code == 422 => {
@@ -222,8 +225,48 @@ impl Applier<'_> {
             }
             (Err(error), _) => return Err(error),
         }
-        self.metrics.record_write(child.kind(), "apply");
         Ok(outcome)
+    }
+
+    /// Server-side applies `desired` and counts the write.
+    async fn write<K>(
+        &self,
+        api: &Api<K>,
+        child: &Child,
+        desired: serde_json::Value,
+    ) -> Result<(), kube::Error>
+    where
+        K: NamespacedObject,
+    {
+        api.patch(
+            child.name(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await?;
+        self.metrics.record_write(child.kind(), "apply");
+        Ok(())
+    }
+
+    /// Deletes a Deployment whose selector must change, leaving its ReplicaSets and pods
+    /// (orphaned), and waits until it is gone. The new Deployment adopts them, since its
+    /// selector matches their labels, and rolls them: no downtime.
+    async fn replace_keeping_pods<K>(&self, api: &Api<K>, child: &Child) -> Result<(), kube::Error>
+    where
+        K: NamespacedObject,
+    {
+        let name = child.name();
+        tracing::info!(child = %child.describe(), "the selector changed, which Kubernetes does not allow in place: replacing the object, keeping its pods");
+        api.delete(name, &DeleteParams::orphan()).await?;
+        self.metrics.record_write(child.kind(), "delete");
+        // The garbage collector removes the orphan finalizer within moments.
+        for _ in 0..100 {
+            if api.get_opt(name).await?.is_none() {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     async fn prune<K>(&self, owner: &Owner, keep: &[&str]) -> Result<Vec<ChildRef>, kube::Error>
@@ -248,4 +291,11 @@ impl Applier<'_> {
         }
         Ok(pruned)
     }
+}
+
+/// Whether a Deployment's desired selector differs from the live one: `spec.selector`
+/// is immutable, so such a change (an older operator's labels) needs a new object.
+fn selector_changed(child: &Child, desired: &serde_json::Value, live: &serde_json::Value) -> bool {
+    matches!(child, Child::Deployment(_))
+        && live.pointer("/spec/selector") != desired.pointer("/spec/selector")
 }

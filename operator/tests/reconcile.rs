@@ -477,7 +477,12 @@ async fn kafka_failure_sets_conditions_and_retries_in_the_background() {
         (topics.status.as_str(), topics.reason.as_str()),
         ("False", "TopicsFailed")
     );
-    assert!(topics.message.contains("kafka:9092"), "{}", topics.message);
+    // The bare Service name, as the operator resolves it: in the pipeline's namespace.
+    assert!(
+        topics.message.contains("kafka.analytics.svc:9092"),
+        "{}",
+        topics.message
+    );
     assert!(
         topics.message.contains("broker transport failure"),
         "{}",
@@ -852,5 +857,49 @@ async fn failures_back_off_and_success_resets_the_backoff() {
         h.ctx.backoff(&*live),
         Duration::from_secs(5),
         "success resets the backoff"
+    );
+}
+
+/// A Deployment made by an older operator, whose selector differs (it named
+/// `app.kubernetes.io/instance`), is replaced, since Kubernetes refuses a selector
+/// change in place; its pods are orphaned for the new one to adopt.
+#[tokio::test]
+async fn a_deployment_with_an_older_selector_is_replaced() {
+    let h = harness().await;
+    h.create(&example_pipeline()).await;
+    h.reconcile_pipeline("clickstream").await;
+    let old_selector = json!({"matchLabels": {
+        "app.kubernetes.io/name": "weir-gateway",
+        "app.kubernetes.io/instance": "clickstream",
+        "app.kubernetes.io/component": "gateway"
+    }});
+    h.api::<Deployment>()
+        .patch(
+            "clickstream-gateway",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"selector": old_selector}})),
+        )
+        .await
+        .unwrap();
+    let before = h
+        .api::<Deployment>()
+        .get("clickstream-gateway")
+        .await
+        .unwrap();
+    h.reconcile_pipeline("clickstream").await;
+    let after = h
+        .api::<Deployment>()
+        .get("clickstream-gateway")
+        .await
+        .unwrap();
+    let labels = after.spec.unwrap().selector.match_labels.unwrap();
+    assert!(
+        !labels.contains_key("app.kubernetes.io/instance"),
+        "{labels:?}"
+    );
+    assert_eq!(labels["weir.dev/owner"], "ingestpipeline.clickstream");
+    assert_ne!(
+        before.metadata.uid, after.metadata.uid,
+        "a new object, not a patch of the old one"
     );
 }
