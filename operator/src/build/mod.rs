@@ -299,7 +299,8 @@ fn check_names(owner: &Owner, name: &str, limit: usize, service: bool) -> Result
              characters; use a shorter resource name"
         ));
     }
-    if service && !(name.starts_with(|c: char| c.is_ascii_lowercase()) && !name.contains('.')) {
+    let dns_1035 = name.starts_with(|c: char| c.is_ascii_lowercase()) && !name.contains('.');
+    if service && !dns_1035 {
         return refuse(format!(
             "the Service name {name} derived from metadata.name must start with a letter and \
              hold no dots; use a name of lowercase letters, digits and '-'"
