@@ -79,6 +79,11 @@ fn trace_provider(
         .build())
 }
 
+/// The target of the spans made for traces (a gateway batch, a sink flush and their
+/// steps). Logs never record them, so with trace export off they cost nothing: no
+/// layer wants them, and tracing skips them at the call site.
+pub const TRACE_TARGET: &str = "weir::trace";
+
 /// Installs the tracing subscriber. `WEIR_LOG` (or `RUST_LOG`) sets the filter; the
 /// default is `info`. Text logs are coloured only when stderr is a terminal. When OTLP
 /// export is configured ([`traces_configured`]), spans (a gateway batch: route, publish,
@@ -89,10 +94,10 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = std::env::var("WEIR_LOG")
+    let directives = std::env::var("WEIR_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .map(EnvFilter::new)
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::new(format!("{directives},{TRACE_TARGET}=off"));
     // Colour codes only for a terminal: in a pod or a file they are noise.
     let text = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
@@ -109,12 +114,12 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
     } else {
         None
     };
-    // Traces take Weir's spans at info whatever the log filter says: `WEIR_LOG=warn`
-    // quiets the logs, not the traces.
+    // Traces take the trace spans whatever the log filter says: `WEIR_LOG=warn` quiets
+    // the logs, not the traces.
     let otel = traces.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider;
-        let weir =
-            tracing_subscriber::filter::Targets::new().with_target("weir", tracing::Level::INFO);
+        let weir = tracing_subscriber::filter::Targets::new()
+            .with_target(TRACE_TARGET, tracing::Level::INFO);
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("weir"))
             .with_filter(weir)

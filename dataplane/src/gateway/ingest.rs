@@ -93,6 +93,7 @@ impl Ingestor {
         // One span per batch (exported when OTLP traces are on): admission, route,
         // publish and the wait for Kafka's acks are its children.
         let span = tracing::info_span!(
+            target: weir_runtime::telemetry::TRACE_TARGET,
             "batch",
             transport = transport.label(),
             req_guid = %request.req_guid,
@@ -137,7 +138,9 @@ impl Ingestor {
         })?;
         let _admitted =
             tokio::time::timeout(self.admission_timeout, self.inflight.acquire_many(permits))
-                .instrument(tracing::info_span!("admit"))
+                .instrument(
+                    tracing::info_span!(target: weir_runtime::telemetry::TRACE_TARGET, "admit"),
+                )
                 .await
                 .map_err(|_| {
                     Rejection::Overloaded(format!(
@@ -151,7 +154,8 @@ impl Ingestor {
 
         let received_at = SystemTime::now();
         self.count_received(request);
-        let route_span = tracing::info_span!("route").entered();
+        let route_span =
+            tracing::info_span!(target: weir_runtime::telemetry::TRACE_TARGET, "route").entered();
         let table = self.router.table();
         let mut failures = Vec::new();
         let mut routed = Vec::with_capacity(request.events.len());
@@ -193,17 +197,18 @@ impl Ingestor {
             sent_time_micros,
             received_at,
         };
-        let pending = tracing::info_span!("publish", events = routed.len())
+        let pending = tracing::info_span!(target: weir_runtime::telemetry::TRACE_TARGET, "publish", events = routed.len())
             .in_scope(|| self.publisher.publish(&mut outgoing, &context));
-        let delivery_failures = match self.acks {
-            AckMode::Sync => {
-                pending
+        let delivery_failures =
+            match self.acks {
+                AckMode::Sync => pending
                     .wait(self.ack_deadline)
-                    .instrument(tracing::info_span!("ack"))
-                    .await
-            }
-            AckMode::Async => pending.enqueue_failures(),
-        };
+                    .instrument(
+                        tracing::info_span!(target: weir_runtime::telemetry::TRACE_TARGET, "ack"),
+                    )
+                    .await,
+                AckMode::Async => pending.enqueue_failures(),
+            };
         failures.extend(delivery_failures);
         Ok(ack::batch_response(
             &request.req_guid,

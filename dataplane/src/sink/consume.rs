@@ -248,6 +248,7 @@ fn spawn_flush<S: RecordSource>(
     // One span per flush attempt (exported when OTLP traces are on): encode, claim and
     // upload are its children, then the commit.
     let span = tracing::info_span!(
+            target: weir_runtime::telemetry::TRACE_TARGET,
         "flush",
         topic = %tp.0,
         partition = tp.1,
@@ -272,7 +273,7 @@ fn spawn_flush<S: RecordSource>(
         match result {
             Ok(flushed) => {
                 let next = ps.flushed(&job);
-                let commit = tracing::info_span!("commit", offset = next).entered();
+                let commit = tracing::info_span!(target: weir_runtime::telemetry::TRACE_TARGET, "commit", offset = next).entered();
                 if let Err(error) = consumer.commit(&[(tp.clone(), next)], false) {
                     tracing::warn!(%error, topic = %tp.0, partition = tp.1, "offset commit failed; the progress markers still hold the position");
                 }

@@ -115,15 +115,19 @@ impl FlushContext {
     pub async fn run(&self, job: &mut FlushJob) -> Result<Flushed, FlushError> {
         let encoded = self
             .encode(job)
-            .instrument(tracing::info_span!("encode"))
+            .instrument(
+                tracing::info_span!(target: weir_runtime::telemetry::TRACE_TARGET, "encode"),
+            )
             .await?;
         failpoint::hit("after_encode");
         let (marker, rewrite_marker) = self
             .claim(job, &encoded)
-            .instrument(tracing::info_span!("claim"))
+            .instrument(tracing::info_span!(target: weir_runtime::telemetry::TRACE_TARGET, "claim"))
             .await?;
         self.upload(&encoded)
-            .instrument(tracing::info_span!("upload"))
+            .instrument(
+                tracing::info_span!(target: weir_runtime::telemetry::TRACE_TARGET, "upload"),
+            )
             .await?;
         failpoint::hit("after_uploads");
         if let Some((producer, topic, timeout)) = &self.dead_letter_topic {
