@@ -322,6 +322,23 @@ async fn sink_metrics(addr: std::net::SocketAddr) -> String {
 }
 
 /// Polls `/readyz` until it answers 503, returning its body.
+/// The metrics once they hold `line` (librdkafka's statistics come every 5 s), within
+/// 30 s.
+async fn wait_for_metric(addr: std::net::SocketAddr, line: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = sink_metrics(addr).await;
+        if metrics.contains(line) {
+            return metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{line} not in\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn wait_unready(addr: std::net::SocketAddr, within: Duration) -> String {
     let deadline = Instant::now() + within;
     loop {
@@ -695,15 +712,7 @@ async fn lag_counts_the_backlog_before_the_first_commit() {
         .await
         .unwrap();
     let lag_line = format!("weir_sink_consumer_lag_records{{topic=\"{TOPIC}\"}} 120");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let metrics = loop {
-        let metrics = sink_metrics(sink.metrics_addr).await;
-        if metrics.contains(&lag_line) || std::time::Instant::now() > deadline {
-            break metrics;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert!(metrics.contains(&lag_line), "{lag_line} not in\n{metrics}");
+    let metrics = wait_for_metric(sink.metrics_addr, &lag_line).await;
     for series in [
         "weir_build_info{component=\"sink\",version=\"",
         "process_resident_memory_bytes ",
@@ -737,14 +746,6 @@ async fn lag_after_a_restart_counts_from_what_is_written() {
         .await
         .unwrap();
     let lag_line = format!("weir_sink_consumer_lag_records{{topic=\"{TOPIC}\"}} 30\n");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let metrics = loop {
-        let metrics = sink_metrics(sink.metrics_addr).await;
-        if metrics.contains(&lag_line) || std::time::Instant::now() > deadline {
-            break metrics;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert!(metrics.contains(&lag_line), "{lag_line} not in\n{metrics}");
+    wait_for_metric(sink.metrics_addr, &lag_line).await;
     sink.shutdown().await.unwrap();
 }

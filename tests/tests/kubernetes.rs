@@ -42,26 +42,14 @@ fn text(output: &Output) -> String {
 
 /// Validates a multi-document YAML file strictly against Kubernetes 1.33.
 fn assert_valid_kubernetes(file: &Path) {
-    let output = run(
-        "kubernetes-validate",
-        &["--strict", "-k", "1.33.0", file.to_str().unwrap()],
-    );
-    let report = text(&output);
-    assert!(output.status.success(), "{report}");
-    assert!(!report.contains("ERROR"), "{report}");
+    let report = validate_kubernetes(file);
     assert!(!report.contains("WARN"), "{report}");
 }
 
 /// Like [`assert_valid_kubernetes`], for files that also hold custom resources
 /// (ServiceMonitor, PrometheusRule): the validator has no schema for them and warns.
 fn assert_valid_kubernetes_and_custom(file: &Path) {
-    let output = run(
-        "kubernetes-validate",
-        &["--strict", "-k", "1.33.0", file.to_str().unwrap()],
-    );
-    let report = text(&output);
-    assert!(output.status.success(), "{report}");
-    assert!(!report.contains("ERROR"), "{report}");
+    let report = validate_kubernetes(file);
     for line in report.lines().filter(|l| l.contains("WARN")) {
         assert!(
             line.contains("Couldn't find schema for kind")
@@ -69,6 +57,18 @@ fn assert_valid_kubernetes_and_custom(file: &Path) {
             "{report}"
         );
     }
+}
+
+/// kubernetes-validate's report on `file`, which it found free of errors.
+fn validate_kubernetes(file: &Path) -> String {
+    let output = run(
+        "kubernetes-validate",
+        &["--strict", "-k", "1.33.0", file.to_str().unwrap()],
+    );
+    let report = text(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(!report.contains("ERROR"), "{report}");
+    report
 }
 
 fn helm_template(extra: &[&str]) -> Output {
