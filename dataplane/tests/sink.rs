@@ -695,6 +695,16 @@ async fn a_resume_after_a_skipped_last_record_finds_the_log_unchanged() {
     assert_eq!(report.total(), 55);
 }
 
+/// A sink whose buffers reach no flush limit while a test looks at it.
+async fn start_unflushed_sink(bootstrap: &str, dir: &Path) -> Sink {
+    let mut spec = sink_spec(bootstrap, dir);
+    spec.flush.max_records = 100_000;
+    spec.flush.max_age = Duration::from_secs(3600);
+    Sink::start(SinkSettings::try_from(spec).unwrap())
+        .await
+        .unwrap()
+}
+
 /// Before its first commit the sink still reports what is not in storage: the whole
 /// backlog, not the 0 librdkafka's own lag shows until a group commits. It also exports
 /// its build, its process and its Kafka client's statistics.
@@ -704,13 +714,7 @@ async fn lag_counts_the_backlog_before_the_first_commit() {
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = kafka.bootstrap_servers();
     produce(&bootstrap, 0, 120, json_payload).await;
-    let mut spec = sink_spec(&bootstrap, dir.path());
-    // Nothing reaches a flush limit while the test looks.
-    spec.flush.max_records = 100_000;
-    spec.flush.max_age = Duration::from_secs(3600);
-    let sink = Sink::start(SinkSettings::try_from(spec).unwrap())
-        .await
-        .unwrap();
+    let sink = start_unflushed_sink(&bootstrap, dir.path()).await;
     let lag_line = format!("weir_sink_consumer_lag_records{{topic=\"{TOPIC}\"}} 120");
     let metrics = wait_for_metric(sink.metrics_addr, &lag_line).await;
     for series in [
@@ -739,12 +743,7 @@ async fn lag_after_a_restart_counts_from_what_is_written() {
     sink.shutdown().await.unwrap();
 
     produce(&bootstrap, 100, 30, json_payload).await;
-    let mut spec = sink_spec(&bootstrap, dir.path());
-    spec.flush.max_records = 100_000;
-    spec.flush.max_age = Duration::from_secs(3600);
-    let sink = Sink::start(SinkSettings::try_from(spec).unwrap())
-        .await
-        .unwrap();
+    let sink = start_unflushed_sink(&bootstrap, dir.path()).await;
     let lag_line = format!("weir_sink_consumer_lag_records{{topic=\"{TOPIC}\"}} 30\n");
     wait_for_metric(sink.metrics_addr, &lag_line).await;
     sink.shutdown().await.unwrap();
