@@ -378,3 +378,37 @@ fn a_normal_dev_run_logs_no_warnings_or_errors() {
         lines.join("\n")
     );
 }
+
+/// `weir loadgen` in the shape of a mobile fleet: paced, connections ramped in, a
+/// reconnect storm midway; it reports the whole run and the steady part apart.
+#[test]
+fn loadgen_ramps_storms_and_reports_the_steady_tail() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut dev, http) = start_dev(data.path());
+    let output = Command::new(WEIR)
+        .args(["loadgen", "--url", &format!("ws://{http}/api/v1/events")])
+        .args(["--metrics-url", "http://127.0.0.1:1/metrics"])
+        .args([
+            "--connections",
+            "40",
+            "--batch-size",
+            "20",
+            "--rate",
+            "4000",
+        ])
+        .args(["--ramp", "500ms", "--warmup", "1s", "--storm-at", "1500ms"])
+        .args(["--duration", "3s"])
+        .output()
+        .unwrap();
+    stop_with_sigterm(&mut dev);
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains("connection_errors=0"), "{report}");
+    assert!(report.contains("failed_events=0"), "{report}");
+    assert!(report.contains("ack_latency_ms p50="), "{report}");
+    assert!(report.contains("ack_latency_ms_after_1s p50="), "{report}");
+}

@@ -2,8 +2,16 @@
 //!
 //! Each connection pipelines up to `--pipeline` protobuf batches and matches answers to
 //! requests by `req_guid`. It reports acknowledged events per second, the answer latency
-//! distribution, and the server's resident memory (read from its `/metrics`). With
-//! `--idle` it opens idle connections instead and reports server memory per connection.
+//! distribution, and the server's resident memory (read from its `/metrics`, sampled
+//! every second; the peak is reported). With `--idle` it opens idle connections instead
+//! and reports server memory per connection.
+//!
+//! Shapes: `--rate` paces every connection (open loop: slow answers show as latency, not
+//! as a lower send rate); `--ramp` spreads the connections' start over an interval
+//! (0: all at once, a connection storm); `--storm-at` drops a `--storm-fraction` of the
+//! connections at that moment and reconnects them at once, while the others keep
+//! sending. Latency is reported over the whole run and again for batches sent after
+//! `--warmup`, so the tail of a storm is seen apart from the steady state.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -46,6 +54,19 @@ pub struct LoadgenOptions {
     /// Open this many idle connections and report server memory per connection.
     #[arg(long)]
     pub idle: Option<usize>,
+    /// Spread the connections' start evenly over this long; 0 opens them all at once.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub ramp: Duration,
+    /// Report latency again for batches sent after this long.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// At this moment drop `--storm-fraction` of the connections and reconnect them at
+    /// once (a reconnect storm), while the others keep sending.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub storm_at: Option<Duration>,
+    /// The share of connections the storm drops and reconnects.
+    #[arg(long, default_value_t = 0.5)]
+    pub storm_fraction: f64,
 }
 
 #[derive(Default)]
@@ -53,7 +74,48 @@ struct ConnectionReport {
     acked_events: u64,
     failed_events: u64,
     failed_batches: u64,
+    /// Every batch's answer latency.
     latency_us: Option<Histogram<u64>>,
+    /// Batches sent after `--warmup`.
+    steady_us: Option<Histogram<u64>>,
+}
+
+impl ConnectionReport {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            latency_us: Some(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+            steady_us: Some(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+            ..Self::default()
+        })
+    }
+
+    fn add(&mut self, other: &ConnectionReport) -> anyhow::Result<()> {
+        self.acked_events += other.acked_events;
+        self.failed_events += other.failed_events;
+        self.failed_batches += other.failed_batches;
+        for (all, one) in [
+            (&mut self.latency_us, &other.latency_us),
+            (&mut self.steady_us, &other.steady_us),
+        ] {
+            if let (Some(all), Some(one)) = (all, one) {
+                all.add(one)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prints one latency distribution.
+fn print_latency(label: &str, latency: &Histogram<u64>) {
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{label} p50={:.2} p99={:.2} p999={:.2} max={:.2} batches={}",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        latency.max() as f64 / 1000.0,
+        latency.len()
+    );
 }
 
 /// Runs the load and prints the report (a client tool: setup, the connection tasks and
@@ -68,28 +130,27 @@ pub async fn run(options: LoadgenOptions) -> anyhow::Result<()> {
     let rss_before = server_rss(&options.metrics_url).await;
     let started = Instant::now();
     let deadline = started + options.duration;
+    let peak_rss = tokio::spawn(peak_rss(options.metrics_url.clone(), deadline));
+    let storm_size = (options.connections as f64 * options.storm_fraction.clamp(0.0, 1.0)) as usize;
     let mut tasks = Vec::with_capacity(options.connections);
     for n in 0..options.connections {
         let options = options.clone();
-        tasks.push(tokio::spawn(
-            async move { drive(n, &options, deadline).await },
-        ));
+        let plan = Plan {
+            start: started + options.ramp.mul_f64(n as f64 / options.connections as f64),
+            steady_from: started + options.warmup,
+            storm: options
+                .storm_at
+                .filter(|_| n < storm_size)
+                .map(|at| started + at),
+            deadline,
+        };
+        tasks.push(tokio::spawn(async move { drive(n, &options, plan).await }));
     }
-    let mut total = ConnectionReport {
-        latency_us: Some(Histogram::new_with_bounds(1, 600_000_000, 3)?),
-        ..Default::default()
-    };
+    let mut total = ConnectionReport::new()?;
     let mut errors = 0;
     for task in tasks {
         match task.await? {
-            Ok(report) => {
-                total.acked_events += report.acked_events;
-                total.failed_events += report.failed_events;
-                total.failed_batches += report.failed_batches;
-                if let (Some(all), Some(one)) = (&mut total.latency_us, &report.latency_us) {
-                    all.add(one)?;
-                }
-            }
+            Ok(report) => total.add(&report)?,
             Err(error) => {
                 errors += 1;
                 if errors <= 3 {
@@ -100,8 +161,7 @@ pub async fn run(options: LoadgenOptions) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let rss_after = server_rss(&options.metrics_url).await;
-    let latency = total.latency_us.expect("set above");
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    let rss_peak = peak_rss.await.unwrap_or(None);
     println!(
         "connections={} batch_size={} event_bytes={} pipeline={} rate={} duration={:.1}s",
         options.connections,
@@ -119,18 +179,19 @@ pub async fn run(options: LoadgenOptions) -> anyhow::Result<()> {
         total.failed_batches,
         errors
     );
-    println!(
-        "ack_latency_ms p50={:.2} p99={:.2} p999={:.2} max={:.2} batches={}",
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        latency.max() as f64 / 1000.0,
-        latency.len()
-    );
-    match (rss_before, rss_after) {
-        (Some(before), Some(after)) => println!(
-            "server_rss_mb before={:.1} after={:.1}",
+    print_latency("ack_latency_ms", total.latency_us.as_ref().expect("set"));
+    if !options.warmup.is_zero() {
+        let label = format!(
+            "ack_latency_ms_after_{}",
+            humantime::format_duration(options.warmup)
+        );
+        print_latency(&label, total.steady_us.as_ref().expect("set"));
+    }
+    match (rss_before, rss_after, rss_peak) {
+        (Some(before), Some(after), peak) => println!(
+            "server_rss_mb before={:.1} peak={:.1} after={:.1}",
             before as f64 / 1e6,
+            peak.unwrap_or(after).max(after) as f64 / 1e6,
             after as f64 / 1e6
         ),
         _ => println!(
@@ -172,21 +233,56 @@ async fn connect(
     Ok(socket)
 }
 
-async fn drive(
+/// When one connection starts, stops, and drops and reconnects.
+struct Plan {
+    start: Instant,
+    steady_from: Instant,
+    storm: Option<Instant>,
+    deadline: Instant,
+}
+
+/// Runs one connection's plan: connect at its start, send until the deadline, and
+/// reconnect once at the storm if it is in it (answers still awaited are lost with the
+/// old connection and counted as failed batches).
+async fn drive(n: usize, options: &LoadgenOptions, plan: Plan) -> anyhow::Result<ConnectionReport> {
+    tokio::time::sleep_until(plan.start.into()).await;
+    let mut report = ConnectionReport::new()?;
+    let mut until = plan.storm.unwrap_or(plan.deadline).min(plan.deadline);
+    for attempt in 0.. {
+        // A new identity per connection: the server may not have seen the old one go
+        // yet, and `identity.duplicates: reject` would refuse the same one.
+        let id = format!("loadgen-{n}-{attempt}-{}", std::process::id());
+        let socket = connect(&options.url, &id).await?;
+        let lost = send_until(n, options, socket, &plan, until, &mut report).await?;
+        report.failed_batches += lost;
+        if until >= plan.deadline {
+            break;
+        }
+        until = plan.deadline;
+    }
+    Ok(report)
+}
+
+/// Sends on one connection until `until`; then waits for the answers still due, unless
+/// `until` is a storm, which drops the connection at once. Returns the batches whose
+/// answers were dropped with it.
+async fn send_until(
     n: usize,
     options: &LoadgenOptions,
-    deadline: Instant,
-) -> anyhow::Result<ConnectionReport> {
-    let socket = connect(&options.url, &format!("loadgen-{n}-{}", std::process::id())).await?;
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    plan: &Plan,
+    until: Instant,
+    report: &mut ConnectionReport,
+) -> anyhow::Result<u64> {
+    let storm = until < plan.deadline;
+    let deadline = until;
     let (mut sink, mut stream) = socket.split();
     let mut request = SendEventRequest {
         req_guid: String::new(),
         sent_time: None,
         events: batch_events(options, n),
-    };
-    let mut report = ConnectionReport {
-        latency_us: Some(Histogram::new_with_bounds(1, 600_000_000, 3)?),
-        ..Default::default()
     };
     let mut outstanding: HashMap<String, Instant> = HashMap::new();
     let mut sequence = 0u64;
@@ -203,7 +299,7 @@ async fn drive(
     });
     loop {
         let sending = Instant::now() < deadline;
-        if !sending && outstanding.is_empty() {
+        if !sending && (storm || outstanding.is_empty()) {
             break;
         }
         let may_send = sending && outstanding.len() < options.pipeline;
@@ -230,8 +326,11 @@ async fn drive(
                 let Some(sent) = outstanding.remove(&guid) else {
                     bail!("answer for unknown req_guid {guid:?}: {}", response.reason);
                 };
-                let latency = report.latency_us.as_mut().expect("set above");
-                latency.saturating_record(sent.elapsed().as_micros() as u64);
+                let micros = sent.elapsed().as_micros() as u64;
+                report.latency_us.as_mut().expect("set").saturating_record(micros);
+                if sent >= plan.steady_from {
+                    report.steady_us.as_mut().expect("set").saturating_record(micros);
+                }
                 let failed = response.event_results.len() as u64;
                 if response.code() == Code::Ok {
                     report.acked_events += options.batch_size as u64;
@@ -246,7 +345,19 @@ async fn drive(
         }
     }
     let _ = sink.close().await;
-    Ok(report)
+    Ok(outstanding.len() as u64)
+}
+
+/// The highest server RSS seen, sampled every second until `until`.
+async fn peak_rss(metrics_url: String, until: Instant) -> Option<u64> {
+    let mut peak = None;
+    while Instant::now() < until {
+        if let Some(rss) = server_rss(&metrics_url).await {
+            peak = Some(peak.map_or(rss, |p: u64| p.max(rss)));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    peak
 }
 
 async fn idle(options: &LoadgenOptions, count: usize) -> anyhow::Result<()> {
