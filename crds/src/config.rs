@@ -20,6 +20,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
+use crate::rules::Kind;
 use crate::{PipelineSpec, SinkSpec};
 
 /// A configuration that cannot be used, naming the field at fault.
@@ -87,10 +88,7 @@ pub fn read_pipeline(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<PipelineSpec, ConfigError> {
-    let value = load_value(path, env, "IngestPipeline")?;
-    let spec = from_value(value.clone())?;
-    check_rules(crate::rules::Kind::IngestPipeline, &value)?;
-    Ok(spec)
+    read_spec(path, env, Kind::IngestPipeline)
 }
 
 /// Reads the sink spec from an optional file and the given environment. The spec is
@@ -99,15 +97,25 @@ pub fn read_sink(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<SinkSpec, ConfigError> {
-    let value = load_value(path, env, "SinkBinding")?;
+    read_spec(path, env, Kind::SinkBinding)
+}
+
+/// The spec of a `kind` manifest (or a bare spec) with the environment's overrides,
+/// typed, then held to the CRD's rules.
+fn read_spec<T: DeserializeOwned>(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    kind: Kind,
+) -> Result<T, ConfigError> {
+    let value = load_value(path, env, kind.name())?;
     let spec = from_value(value.clone())?;
-    check_rules(crate::rules::Kind::SinkBinding, &value)?;
+    check_rules(kind, &value)?;
     Ok(spec)
 }
 
 /// The CRD's CEL rules on a spec whose fields have the right types: what the API server
 /// refuses, `weir gateway -f` and `weir sink -f` refuse too.
-fn check_rules(kind: crate::rules::Kind, value: &Value) -> Result<(), ConfigError> {
+fn check_rules(kind: Kind, value: &Value) -> Result<(), ConfigError> {
     let json = serde_json::to_value(value).map_err(|e| ConfigError::Parse(e.to_string()))?;
     let broken = crate::rules::broken_in_spec(kind, &json);
     let Some(first) = broken.first() else {

@@ -22,13 +22,30 @@ fn schema(crd: &CustomResourceDefinition) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-/// Which CRD's rules apply.
+/// One of Weir's custom resource kinds; its value is its index in [`crate::crds`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// `ingestpipelines.weir.dev`.
-    IngestPipeline,
+    IngestPipeline = 0,
     /// `sinkbindings.weir.dev`.
-    SinkBinding,
+    SinkBinding = 1,
+}
+
+impl Kind {
+    /// The kind as manifests name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::IngestPipeline => "IngestPipeline",
+            Kind::SinkBinding => "SinkBinding",
+        }
+    }
+
+    /// The kind a manifest's `kind` names, if it is one of Weir's.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Kind::IngestPipeline, Kind::SinkBinding]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
 }
 
 /// One broken rule: the field's path from the object's root and the rule's message.

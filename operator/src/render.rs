@@ -71,13 +71,13 @@ impl Manifests {
                     serde_yaml::Value::deserialize(document).map_err(|e| parse(e.to_string()))?;
                 let kind = admit(&value).map_err(parse)?;
                 match kind {
-                    Some(WeirKind::IngestPipeline) => {
+                    Some(Kind::IngestPipeline) => {
                         let mut pipeline: IngestPipeline = typed(&value).map_err(parse)?;
                         check_rules(Kind::IngestPipeline, &value).map_err(parse)?;
                         pipeline.metadata.namespace.get_or_insert(namespace.into());
                         manifests.pipelines.push(pipeline);
                     }
-                    Some(WeirKind::SinkBinding) => {
+                    Some(Kind::SinkBinding) => {
                         let mut binding: SinkBinding = typed(&value).map_err(parse)?;
                         check_rules(Kind::SinkBinding, &value).map_err(parse)?;
                         binding.metadata.namespace.get_or_insert(namespace.into());
@@ -139,31 +139,24 @@ impl Manifests {
     }
 }
 
-/// The kinds `render` reads.
-enum WeirKind {
-    IngestPipeline,
-    SinkBinding,
-}
-
 /// What an API server with the CRDs installed would refuse of a document's identity,
 /// checked offline: a kind or apiVersion of the `weir.dev` group it does not serve, or a
 /// missing or invalid `metadata.name`. `None`: a document of another group, which render
 /// skips. Field types ([`typed`]) and the CRDs' rules ([`check_rules`]) come next.
-fn admit(value: &serde_yaml::Value) -> Result<Option<WeirKind>, String> {
+fn admit(value: &serde_yaml::Value) -> Result<Option<Kind>, String> {
     let text = |key: &str| value.get(key).and_then(|v| v.as_str()).unwrap_or_default();
     let (api_version, kind) = (text("apiVersion"), text("kind"));
     let group = api_version.split_once('/').map_or("", |(g, _)| g);
-    let (weir_kind, crd) = match kind {
-        "IngestPipeline" => (WeirKind::IngestPipeline, 0),
-        "SinkBinding" => (WeirKind::SinkBinding, 1),
-        _ if group == GROUP => {
+    let weir_kind = match Kind::from_name(kind) {
+        Some(weir_kind) => weir_kind,
+        None if group == GROUP => {
             return Err(format!(
                 "kind {kind:?} is not served by {GROUP}: use IngestPipeline or SinkBinding"
             ));
         }
         _ => return Ok(None),
     };
-    let crd = &CRDS[crd];
+    let crd = &CRDS[weir_kind as usize];
     let served = format!("{}/{}", crd.spec.group, crd.spec.versions[0].name);
     if api_version != served {
         return Err(format!(
