@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use object_store::ObjectStoreExt as _;
 use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -18,6 +19,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use weir::sink::Sink;
 use weir::sink::audit::{AuditReport, audit};
+use weir::sink::layout;
+use weir::sink::progress::ProgressMarker;
 use weir::sink::upload::Storage;
 use weir_crds::SinkSpec;
 use weir_crds::pipeline::TopicSpec;
@@ -746,5 +749,50 @@ async fn lag_after_a_restart_counts_from_what_is_written() {
     let sink = start_unflushed_sink(&bootstrap, dir.path()).await;
     let lag_line = format!("weir_sink_consumer_lag_records{{topic=\"{TOPIC}\"}} 30\n");
     wait_for_metric(sink.metrics_addr, &lag_line).await;
+    sink.shutdown().await.unwrap();
+}
+
+/// The liveness gap of fencing: a sink that lost a partition while flushing may fix
+/// the range its new owner was about to write (its marker wins the create race). The
+/// owner is fenced at that range; it must take the partition again from the markers
+/// (here: redo the other writer's unfinished range) and go on, not sit idle until the
+/// next rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_fenced_by_a_late_flush_is_taken_again_without_a_rebalance() {
+    let kafka = kafka_with_topic(1);
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let sink = Sink::start(SinkSettings::try_from(sink_spec(&bootstrap, dir.path())).unwrap())
+        .await
+        .unwrap();
+    wait_for_metric(sink.metrics_addr, "weir_sink_assigned_partitions 1").await;
+
+    // The late flush of the partition's previous owner: its marker fixes offsets 0..=29
+    // and its file is still being uploaded.
+    let storage = Storage::open(&weir_crds::sink::StorageSpec {
+        url: dir.path().display().to_string(),
+        ..Default::default()
+    })
+    .unwrap();
+    let late = ProgressMarker {
+        topic: TOPIC.into(),
+        partition: 0,
+        generation: 0,
+        start: 0,
+        end: 29,
+        records: 30,
+        files: vec!["late-flush-still-uploading.parquet".into()],
+        last: None,
+        after: None,
+    };
+    let path = storage.path(&layout::progress_marker(TOPIC, 0, late.range_start()));
+    let body = serde_json::to_vec(&late).unwrap();
+    storage.store.put(&path, body.into()).await.unwrap();
+
+    produce(&bootstrap, 0, 100, json_payload).await;
+    let report = wait_for_records(dir.path(), 100, Duration::from_secs(30)).await;
+    assert_exactly_once(&report, 100);
+    let fenced = "weir_sink_flush_failures_total{stage=\"fenced\"} 1";
+    wait_for_metric(sink.metrics_addr, fenced).await;
     sink.shutdown().await.unwrap();
 }

@@ -7,13 +7,22 @@
 //!   against them; the position returned is where its source must start reading;
 //! - a partition released is forgotten only after its flush in flight finished (or
 //!   `shutdown.drainTimeout` passed), so its next owner finds complete markers whenever
-//!   it can; a flush that ends later changes nothing here (epochs).
+//!   it can; a flush that ends later changes nothing here (epochs);
+//! - a partition fenced by such a late flush (it fixed the range this sink was about to
+//!   write) is taken again from its markers without a rebalance: the markers and the
+//!   log's offsets are read off the loop ([`recover_fenced`]), then the loop, between two
+//!   records, positions the source and replaces the fenced state
+//!   ([`Core::retake_fenced`]), so no record fetched before the seek reaches the new
+//!   state.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::consume::Core;
 use super::partition::{Anchor, Found, PartitionState, Position, Started, Tp};
-use super::progress::Recovery;
+use super::partitions::{Partitions, Recovered};
+use super::progress::{self, Recovery};
+use super::source::RecordSource;
 
 impl Core {
     /// Starts a partition from its recovery and, when they could be read, its log's
@@ -26,8 +35,25 @@ impl Core {
         recovery: Recovery,
         watermarks: Option<(i64, i64)>,
     ) -> (Position, Option<Anchor>) {
+        let mut state = self.lock();
+        let (ps, position, anchor) = self.start_partition(&mut state, &tp, recovery, watermarks);
+        tracing::info!(
+            topic = %tp.0, partition = tp.1, resume = ?position, generation = ps.generation,
+            redo = ps.is_redoing(), "partition assigned"
+        );
+        self.install(&mut state, tp, ps);
+        (position, anchor)
+    }
+
+    /// The state a recovery gives, with where to read and what was found reported.
+    fn start_partition(
+        &self,
+        state: &mut Partitions,
+        tp: &Tp,
+        recovery: Recovery,
+        watermarks: Option<(i64, i64)>,
+    ) -> (PartitionState, Position, Option<Anchor>) {
         let (topic, partition) = (tp.0.clone(), tp.1);
-        let epoch = self.lock().next_epoch();
         let Started {
             state: ps,
             position,
@@ -39,7 +65,7 @@ impl Core {
             watermarks,
             self.batch,
             self.settings.source.on_offset_regression,
-            epoch,
+            state.next_epoch(),
         );
         match found {
             Found::Consistent => {}
@@ -55,19 +81,55 @@ impl Core {
                     .inc_by((log_start - from) as u64);
             }
         }
-        tracing::info!(
-            %topic, partition, resume = ?position, generation = ps.generation,
-            redo = ps.is_redoing(), "partition assigned"
-        );
-        let mut state = self.lock();
         if self.batch
             && let Some(reason) = &ps.regressed
         {
             state.fatal = Some(reason.clone());
         }
+        (ps, position, anchor)
+    }
+
+    fn install(&self, state: &mut Partitions, tp: Tp, ps: PartitionState) {
         state.map.insert(tp, ps);
         self.metrics.assigned_partitions.set(state.map.len() as i64);
-        (position, anchor)
+    }
+
+    /// Replaces fenced partitions' states with those their markers, read again, give,
+    /// and positions the source for each. Runs on the consumer loop, between records.
+    pub fn retake_fenced(&self, state: &mut Partitions, source: &impl RecordSource) {
+        for recovered in std::mem::take(&mut state.recovered) {
+            let Recovered {
+                tp,
+                epoch,
+                recovery,
+                watermarks,
+                fenced_at,
+            } = recovered;
+            if !state.current(&tp, epoch).is_some_and(|ps| ps.is_fenced()) {
+                continue;
+            }
+            let (ps, position, anchor) = self.start_partition(state, &tp, recovery, watermarks);
+            let position = match (position, fenced_at) {
+                (Position::Committed, Some(offset)) => Position::At(offset),
+                (position, _) => position,
+            };
+            match source.seek(&tp, position, anchor.as_ref()) {
+                Ok(()) => {
+                    tracing::info!(
+                        topic = %tp.0, partition = tp.1, resume = ?position,
+                        generation = ps.generation, redo = ps.is_redoing(),
+                        "partition taken again from its markers after another writer fixed its range"
+                    );
+                    self.install(state, tp, ps);
+                }
+                Err(error) => {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, %error, "cannot position the fenced partition; trying again");
+                    if let Some(fenced) = state.current(&tp, epoch) {
+                        fenced.recovery_failed(Instant::now());
+                    }
+                }
+            }
+        }
     }
 
     /// A partition that could not be started: the sink stops with `why`.
@@ -109,5 +171,48 @@ impl Core {
         self.metrics
             .buffered_bytes
             .set(state.buffered_bytes() as i64);
+    }
+}
+
+/// Reads a fenced partition's markers (from `fenced_at`, the range it was fenced at) and
+/// its log's offsets again, and hands them to the loop ([`Core::retake_fenced`]); on an
+/// error the partition tries again later.
+pub(super) async fn recover_fenced<S: RecordSource>(
+    core: Arc<Core>,
+    source: Arc<S>,
+    tp: Tp,
+    epoch: u64,
+    fenced_at: Option<i64>,
+) {
+    let recovery = progress::recover(&core.flush.storage, &tp.0, tp.1, fenced_at).await;
+    let watermarks = {
+        let (source, tp) = (source.clone(), tp.clone());
+        tokio::task::spawn_blocking(move || source.watermarks(&tp)).await
+    };
+    let mut state = core.lock();
+    match recovery {
+        Ok(recovery) => {
+            let watermarks = match watermarks {
+                Ok(Ok(watermarks)) => Some(watermarks),
+                Ok(Err(error)) => {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, %error, "cannot read the partition's start and end offsets; a replaced log is found at its first record instead");
+                    None
+                }
+                Err(_) => None,
+            };
+            state.recovered.push(Recovered {
+                tp,
+                epoch,
+                recovery,
+                watermarks,
+                fenced_at,
+            });
+        }
+        Err(error) => {
+            tracing::warn!(topic = %tp.0, partition = tp.1, %error, "cannot read the fenced partition's progress markers; trying again");
+            if let Some(ps) = state.current(&tp, epoch) {
+                ps.recovery_failed(Instant::now());
+            }
+        }
     }
 }

@@ -9,6 +9,8 @@
 //!   (the core says so by returning it from `flushed`);
 //! - a flush's outcome reaches the state only when the partition is still the same
 //!   assignment (epoch), so a revoked partition's late flush changes nothing;
+//! - a partition fenced by another writer's marker is taken again from the markers on
+//!   a tick ([`super::assignment`]), without waiting for a rebalance;
 //! - consumption pauses while the held bytes exceed `flush.memoryBudget`;
 //! - a log that went back is counted in `weir_sink_offset_regressions_total`, logged,
 //!   and handled by `source.onOffsetRegression`.
@@ -25,7 +27,7 @@ use weir_crds::settings::SinkSettings;
 use super::buffer::FlushReason;
 use super::flush::{FlushContext, FlushError, FlushJob};
 use super::metrics::SinkMetrics;
-use super::partition::{Consumed, PartitionState, Regression, Tp};
+use super::partition::{Consumed, PartitionState, Position, Regression, Tp};
 use super::partitions::{Partitions, SinkReport};
 use super::source::{LogRecord, RecordSource};
 
@@ -174,7 +176,7 @@ fn on_regression(
             }
         }
         Regression::Restart => {
-            if let Err(error) = consumer.rewind(tp) {
+            if let Err(error) = consumer.seek(tp, Position::Beginning, None) {
                 state.fatal = Some(format!(
                     "cannot go back to the start of {}/{}: {error}",
                     tp.0, tp.1
@@ -190,14 +192,19 @@ fn update_buffered(core: &Core, state: &Partitions) {
         .set(state.buffered_bytes() as i64);
 }
 
-/// Publishes the counts, starts due retries and flushes buffers whose time came.
+/// Publishes the counts, takes fenced partitions again, starts due retries and flushes
+/// buffers whose time came.
 fn on_tick<S: RecordSource>(core: &Arc<Core>, consumer: &Arc<S>) {
     let now = Instant::now();
     let mut state = core.lock();
+    core.retake_fenced(&mut state, consumer.as_ref());
     let mut started = Vec::new();
+    let mut recoveries = Vec::new();
     for (tp, ps) in state.map.iter_mut() {
         publish_counts(core, &tp.0, ps);
-        if ps.failed.is_some() {
+        if let Some(fenced_at) = ps.take_due_recovery(now) {
+            recoveries.push((tp.clone(), ps.epoch, fenced_at));
+        } else if ps.failed.is_some() {
             started.extend(ps.take_due_retry(now));
         } else if let Some(job) = ps
             .due(now, &core.settings.flush)
@@ -210,6 +217,11 @@ fn on_tick<S: RecordSource>(core: &Arc<Core>, consumer: &Arc<S>) {
     drop(state);
     for (job, attempts) in started {
         spawn_flush(core.clone(), consumer.clone(), job, attempts);
+    }
+    for (tp, epoch, fenced_at) in recoveries {
+        let recover =
+            super::assignment::recover_fenced(core.clone(), consumer.clone(), tp, epoch, fenced_at);
+        tokio::spawn(recover);
     }
 }
 
@@ -290,8 +302,8 @@ fn spawn_flush<S: RecordSource>(
                 state.count_flushed(flushed.records, flushed.dead_letters);
             }
             Err(FlushError::Fenced { start }) => {
-                tracing::warn!(topic = %tp.0, partition = tp.1, start, "another sink owns this partition now; dropping its buffer");
-                ps.fenced();
+                tracing::warn!(topic = %tp.0, partition = tp.1, start, "another writer fixed this range first; dropping the buffer and taking the partition again from its progress markers");
+                ps.fenced(Instant::now());
                 core.metrics
                     .flush_failures
                     .with_label_values(&["fenced"])

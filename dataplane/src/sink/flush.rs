@@ -56,7 +56,7 @@ pub struct FlushJob {
 pub enum FlushError {
     /// Another writer owns this range: the partition was reassigned.
     #[error(
-        "another sink fixed the range starting at offset {start} first; this sink no longer owns the partition"
+        "another sink fixed the range starting at offset {start} first; this sink takes the partition again from its progress markers"
     )]
     Fenced {
         /// The contested start.

@@ -28,7 +28,7 @@ use rdkafka::types::RDKafkaRespErr;
 use weir_crds::settings::SinkSettings;
 
 use super::consume::Core;
-use super::partition::{Position, Tp};
+use super::partition::{Anchor, Position, Tp};
 use super::progress;
 use super::source::RecordSource;
 
@@ -102,10 +102,25 @@ impl RecordSource for SinkConsumer {
         Consumer::commit(self, &list, mode)
     }
 
-    fn rewind(&self, tp: &Tp) -> Result<(), KafkaError> {
-        // librdkafka drops what it fetched before the seek, so the next record of the
-        // partition is the new log's first.
-        self.seek(&tp.0, tp.1, Offset::Beginning, KAFKA_CALL_TIMEOUT)
+    fn seek(
+        &self,
+        tp: &Tp,
+        position: Position,
+        _anchor: Option<&Anchor>,
+    ) -> Result<(), KafkaError> {
+        // librdkafka drops what it fetched before the seek (its fetch queue is
+        // versioned), so the next record of the partition is the one at `position`.
+        Consumer::seek(
+            self,
+            &tp.0,
+            tp.1,
+            kafka_offset(position),
+            KAFKA_CALL_TIMEOUT,
+        )
+    }
+
+    fn watermarks(&self, tp: &Tp) -> Result<(i64, i64), KafkaError> {
+        self.fetch_watermarks(&tp.0, tp.1, KAFKA_CALL_TIMEOUT)
     }
 }
 
@@ -269,13 +284,11 @@ impl SinkContext {
             let (position, _anchor) =
                 self.core
                     .take_partition((topic.as_str().into(), partition), recovery, watermarks);
-            let offset = match position {
-                Position::Committed => continue,
-                Position::At(offset) => Offset::Offset(offset),
-                Position::Beginning => Offset::Beginning,
-                Position::End => Offset::End,
-            };
-            if let Err(error) = tpl.set_partition_offset(&topic, partition, offset) {
+            if position == Position::Committed {
+                continue;
+            }
+            if let Err(error) = tpl.set_partition_offset(&topic, partition, kafka_offset(position))
+            {
                 self.core
                     .fail_assignment(format!("cannot position {topic}/{partition}: {error}"));
             }
@@ -290,6 +303,16 @@ impl SinkContext {
             .map(|(t, p)| (Arc::from(t.as_str()), p))
             .collect();
         tokio::task::block_in_place(|| self.core.release_partitions(&revoked));
+    }
+}
+
+/// Kafka's offset for a position.
+fn kafka_offset(position: Position) -> Offset {
+    match position {
+        Position::Committed => Offset::Stored,
+        Position::At(offset) => Offset::Offset(offset),
+        Position::Beginning => Offset::Beginning,
+        Position::End => Offset::End,
     }
 }
 

@@ -31,7 +31,8 @@
 //! each starts right after its predecessor ended, and the create-only write means two
 //! writers can never fix two different ranges at one start (the loser — a sink that
 //! lost its partition in a rebalance but was still flushing — sees the other's marker
-//! and drops its buffer). Within a range each record goes to one file (or to the dead
+//! and drops its buffer; when the loser is the partition's owner, fenced by a late
+//! flush of its previous owner, it then recovers from the markers again and goes on). Within a range each record goes to one file (or to the dead
 //! letters), and rewriting a range replaces its files by name. And every marker is
 //! eventually complete: only the newest can lack files, and recovery redoes it. Crashes
 //! anywhere in 1–4 therefore leave either no marker (the range is consumed again from

@@ -25,6 +25,8 @@ use super::progress::{ProgressMarker, RecordFingerprint, SourcePosition};
 
 /// First and longest wait before retrying a failed flush.
 const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+/// Wait before reading a fenced partition's markers again after that failed.
+const RECOVERY_RETRY: Duration = Duration::from_secs(1);
 
 /// Where the consumer starts reading a newly assigned partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,8 +171,13 @@ pub struct PartitionState {
     in_flight_bytes: usize,
     /// A failed flush waiting for its retry.
     pub failed: Option<FailedFlush>,
-    /// Another sink owns the partition; ignore it until the next assignment.
+    /// Another writer fixed this partition's next range first (a sink that lost the
+    /// partition but was still flushing): nothing is consumed until the partition is
+    /// recovered again from its markers, which replaces this state.
     fenced: bool,
+    /// When a fenced partition's markers are read again; `None` while that runs (or
+    /// when not fenced).
+    recover_at: Option<Instant>,
     /// Batch mode: the end offset seen at assignment.
     stop_at: Option<i64>,
     /// Consumed since the metrics were last updated.
@@ -341,13 +348,34 @@ impl PartitionState {
         backoff
     }
 
-    /// Another sink fixed the range first: this one no longer owns the partition and
-    /// drops what it holds until the next assignment.
-    pub fn fenced(&mut self) {
+    /// Another writer fixed the range first: the partition drops what it holds and
+    /// ignores its records until it is recovered again from the markers (due `now`).
+    /// The writer was a sink that lost the partition while flushing, so this one still
+    /// owns it and must go on from what that flush wrote, not wait for a rebalance.
+    pub fn fenced(&mut self, now: Instant) {
         self.flushing = false;
         self.in_flight_bytes = 0;
         self.fenced = true;
+        self.recover_at = Some(now);
         self.buffer.take();
+    }
+
+    /// A fenced partition whose markers are due to be read again: returns the start of
+    /// the range it was fenced at (a hint that narrows the marker listing); the caller
+    /// recovers it, then replaces this state, or reports [`Self::recovery_failed`].
+    pub fn take_due_recovery(&mut self, now: Instant) -> Option<Option<i64>> {
+        if !self.fenced || self.recover_at.is_none_or(|at| at > now) {
+            return None;
+        }
+        self.recover_at = None;
+        Some(self.next_start)
+    }
+
+    /// Reading a fenced partition's markers again failed: tried again later.
+    pub fn recovery_failed(&mut self, now: Instant) {
+        if self.fenced {
+            self.recover_at = Some(now + RECOVERY_RETRY);
+        }
     }
 
     /// A failed flush whose retry time has come, taken for its next attempt (the same
@@ -401,18 +429,18 @@ impl PartitionState {
             || (!self.buffer.is_empty() && self.redo.is_none() && !self.fenced)
     }
 
-    /// Batch mode: nothing more to write (fenced, stopped, or written up to the end
-    /// offset seen at assignment).
+    /// Batch mode: nothing more to write (stopped, or written up to the end offset seen
+    /// at assignment). A fenced partition is not done: it goes on once recovered again.
     pub fn batch_done(&self) -> bool {
-        self.fenced
-            || self.regressed.is_some()
-            || self.stop_at.is_some_and(|end| {
-                self.expected >= end
-                    && self.buffer.is_empty()
-                    && !self.flushing
-                    && self.failed.is_none()
-                    && self.redo.is_none()
-            })
+        !self.fenced
+            && (self.regressed.is_some()
+                || self.stop_at.is_some_and(|end| {
+                    self.expected >= end
+                        && self.buffer.is_empty()
+                        && !self.flushing
+                        && self.failed.is_none()
+                        && self.redo.is_none()
+                }))
     }
 }
 

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use super::buffer::{FlushReason, over_budget};
 use super::flush::FlushJob;
 use super::partition::{PartitionState, Tp};
+use super::progress::Recovery;
 
 /// What a finished run wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +36,26 @@ pub struct Partitions {
     pub report: SinkReport,
     /// Why the sink must stop, when it must.
     pub fatal: Option<String>,
+    /// Fenced partitions recovered again, for the consumer loop to install: at most
+    /// one per partition, since a fenced partition starts one recovery at a time.
+    pub recovered: Vec<Recovered>,
+}
+
+/// A fenced partition's markers and log offsets, read again.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The partition.
+    pub tp: Tp,
+    /// The fenced assignment; the recovery is dropped when the partition was revoked
+    /// or assigned anew since.
+    pub epoch: u64,
+    /// What the markers say now.
+    pub recovery: Recovery,
+    /// The log's first and end offsets, when they could be read.
+    pub watermarks: Option<(i64, i64)>,
+    /// The start of the range that was fenced: where to read from when the recovery
+    /// names no offset (it always does: a fence means a marker exists).
+    pub fenced_at: Option<i64>,
 }
 
 impl Partitions {

@@ -3,8 +3,9 @@
 //! leases (Amazon Kinesis) implements the same pieces:
 //!
 //! - [`LogRecord`]: one record, borrowed from the client (no copy of the payload);
-//! - [`RecordSource`]: the next record, commits, and rewinding a partition to its
-//!   log's start (a new generation);
+//! - [`RecordSource`]: the next record, commits, the log's first and end offsets, and
+//!   reading a partition again from a position (its log's start for a new generation,
+//!   or where its markers say after another writer fenced it);
 //! - the assignment calls on the consumer's core ([`super::consume::Core::take_partition`]
 //!   and [`super::consume::Core::release_partitions`]), which a source makes when it is
 //!   given or loses a partition (a Kafka rebalance, a Kinesis lease), before any record
@@ -23,7 +24,7 @@ use std::future::Future;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use super::buffer::SinkRecord;
-use super::partition::Tp;
+use super::partition::{Anchor, Position, Tp};
 use super::progress::{RecordFingerprint, SourcePosition};
 
 /// One record of a partition, as its log hands it over.
@@ -85,9 +86,14 @@ pub trait RecordSource: Send + Sync + 'static {
     /// `wait`: return only once the log has it (at stop); else in the background.
     fn commit(&self, positions: &[(Tp, i64)], wait: bool) -> Result<(), Self::Error>;
 
-    /// Reads the partition again from its log's first record; what was fetched before
-    /// is dropped.
-    fn rewind(&self, tp: &Tp) -> Result<(), Self::Error>;
+    /// Reads the partition from `position` on (a source that seeks by its own
+    /// positions uses `anchor` when given); what was fetched before is dropped, so the
+    /// next record of the partition is the one at `position`.
+    fn seek(&self, tp: &Tp, position: Position, anchor: Option<&Anchor>)
+    -> Result<(), Self::Error>;
+
+    /// The partition's first offset and end offset (the next it will give). Blocks.
+    fn watermarks(&self, tp: &Tp) -> Result<(i64, i64), Self::Error>;
 }
 
 impl LogRecord for BorrowedMessage<'_> {

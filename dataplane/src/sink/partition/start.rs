@@ -41,6 +41,7 @@ impl PartitionState {
             in_flight_bytes: 0,
             failed: None,
             fenced: false,
+            recover_at: None,
             stop_at: watermarks.filter(|_| batch).map(|(_, high)| high),
             counts: ConsumedCounts::default(),
         };

@@ -302,18 +302,29 @@ fn records_deleted_before_they_were_written_are_reported_and_skipped() {
 }
 
 #[test]
-fn a_fenced_partition_drops_its_buffer_and_takes_nothing_more() {
+fn a_fenced_partition_drops_its_buffer_and_asks_to_be_recovered_again() {
     let now = Instant::now();
     let flush = flush_spec(1);
     let (mut ps, _, _) = fresh(Recovery::default());
     let _job = job_of(consume(&mut ps, 0, false, now, &flush));
-    ps.fenced();
+    ps.fenced(now);
     assert!(matches!(
         consume(&mut ps, 1, false, now, &flush),
         Consumed::Ignored
     ));
     assert!(ps.take(FlushReason::Drain).is_none());
     assert_eq!(ps.held_bytes(), 0);
+    // Recovered again from the range it was fenced at, one recovery at a time; a failed
+    // one is tried again a little later.
+    assert_eq!(ps.take_due_recovery(now), Some(Some(0)));
+    assert_eq!(ps.take_due_recovery(now), None);
+    ps.recovery_failed(now);
+    assert_eq!(ps.take_due_recovery(now), None);
+    assert_eq!(
+        ps.take_due_recovery(now + Duration::from_secs(2)),
+        Some(Some(0))
+    );
+    assert!(!ps.batch_done(), "a fenced partition still has work");
 }
 
 #[test]
@@ -523,7 +534,11 @@ impl World {
         if self.in_flight.is_some() {
             return;
         }
-        if let Some((job, attempts)) = self.state.take_due_retry(self.now) {
+        if self.state.take_due_recovery(self.now).is_some() {
+            // The fenced sink reads the markers again and goes on from them, as
+            // `assignment::recover_fenced` and `Core::retake_fenced` do.
+            self.assign();
+        } else if let Some((job, attempts)) = self.state.take_due_retry(self.now) {
             self.start(job, attempts);
         } else if let Some(job) = self
             .state
@@ -590,7 +605,7 @@ impl World {
                 self.check_commit(next);
                 self.committed = Some(next);
             }
-            Err(true) => self.state.fenced(),
+            Err(true) => self.state.fenced(self.now),
             Err(false) => {
                 self.state.flush_failed(job, attempts, self.now);
             }
@@ -666,10 +681,6 @@ impl World {
     fn settle(&mut self) {
         self.orphans.clear();
         for _ in 0..(4 * self.log_len() + 20) {
-            if self.state.is_fenced() {
-                // The group gives a fenced sink's partition to its new owner.
-                self.assign();
-            }
             self.finish(Outcome::Done);
             self.deliver();
             self.tick();
