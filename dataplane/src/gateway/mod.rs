@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use listener::ConnectionLimits;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -108,10 +108,23 @@ pub struct Gateway {
     ops_server: JoinHandle<()>,
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({what})"))
+/// Connections the kernel completes and queues before the gateway accepts them (Linux
+/// caps it at `net.core.somaxconn`). The default of 128 drops the SYNs of a fleet that
+/// reconnects at once, and each dropped client waits a second or more to retry.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        // As std's bind does: a restarted gateway rebinds while old sockets linger.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
 /// Serves gRPC until shutdown starts. A call may take the read time plus the whole
@@ -158,9 +171,9 @@ impl Gateway {
             .context("cannot create the Kafka producer (check kafka.properties)")?,
         );
         let ingestor = Ingestor::new(router.clone(), publisher.clone(), metrics.clone(), spec);
-        let http_listener = bind(spec.listen.http, "listen.http").await?;
-        let grpc_listener = bind(spec.listen.grpc, "listen.grpc").await?;
-        let metrics_listener = bind(spec.listen.metrics, "listen.metrics").await?;
+        let http_listener = bind(spec.listen.http, "listen.http")?;
+        let grpc_listener = bind(spec.listen.grpc, "listen.grpc")?;
+        let metrics_listener = bind(spec.listen.metrics, "listen.metrics")?;
         let shared = Arc::new(Shared::new(settings, ingestor, metrics.clone())?);
         let http_addr = http_listener.local_addr()?;
         let grpc_addr = grpc_listener.local_addr()?;
