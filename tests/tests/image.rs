@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use weir_tests::find_tool;
+use weir_tests::{build_binaries, find_tool};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -69,21 +69,10 @@ fn unavailable() -> Option<String> {
     }
 }
 
-/// The binaries of this build: the test runs from target/<profile>/deps/, and
-/// `cargo test --workspace` builds weir and weir-operator into target/<profile>/ for
-/// their packages' own tests.
+/// The directory of this build's weir and weir-operator binaries (see
+/// [`weir_tests::build_binaries`]).
 fn binaries() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    for name in ["weir", "weir-operator"] {
-        let binary = dir.join(name);
-        assert!(
-            binary.is_file(),
-            "{} is missing: `cargo build -p weir -p weir-operator` (or `cargo test --workspace`) builds it",
-            binary.display()
-        );
-    }
-    dir
+    build_binaries(&["weir", "weir-operator"])
 }
 
 /// Removes the images a test tagged, when it ends.
