@@ -5,13 +5,24 @@
 //! per-partition order, so events with one key stay in order; the producer is created
 //! with `acks=all` and idempotence on unless the user's librdkafka properties say
 //! otherwise.
+//!
+//! A producer that can deliver no more is replaced: librdkafka's fatal errors (an
+//! idempotent producer whose sequence the broker lost) and a broker that fenced its
+//! producer id leave it failing every event for good. The first batch after such an
+//! error creates a new producer (a new producer id) and publishes through it; events
+//! still with the old one fail and are answered so, never acknowledged. Errors of an
+//! old producer never replace its successor: each producer's reports mark only itself.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use rdkafka::types::RDKafkaErrorCode;
 use weir_proto::{Code, EventResult};
 
 use super::ack;
@@ -34,6 +45,56 @@ pub struct Pending {
 pub struct DeliveryReports {
     metrics: Arc<Metrics>,
     logs: weir_runtime::kafka::KafkaLogs,
+    /// Why this producer can deliver no more, once it cannot ([`Broken`] as a byte).
+    broken: AtomicU8,
+}
+
+/// Why a producer can deliver no more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Broken {
+    No = 0,
+    /// The broker fenced its producer id (or epoch).
+    Fenced = 1,
+    /// librdkafka raised a fatal error.
+    Fatal = 2,
+}
+
+impl Broken {
+    fn of(code: Option<RDKafkaErrorCode>) -> Self {
+        match code {
+            Some(RDKafkaErrorCode::Fatal) => Self::Fatal,
+            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch) => {
+                Self::Fenced
+            }
+            _ => Self::No,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::No => "none",
+            Self::Fenced => "fenced",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
+impl DeliveryReports {
+    fn mark(&self, code: Option<RDKafkaErrorCode>) {
+        let broken = Broken::of(code);
+        if broken != Broken::No {
+            self.broken.store(broken as u8, Ordering::Release);
+        }
+    }
+
+    fn broken(&self) -> Broken {
+        match self.broken.load(Ordering::Acquire) {
+            1 => Broken::Fenced,
+            2 => Broken::Fatal,
+            _ => Broken::No,
+        }
+    }
 }
 
 impl ClientContext for DeliveryReports {
@@ -42,6 +103,7 @@ impl ClientContext for DeliveryReports {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.mark(error.rdkafka_error_code());
         self.logs.error(&error, reason);
     }
 
@@ -63,6 +125,7 @@ impl ProducerContext for DeliveryReports {
                 pending.counters.bytes.inc_by(pending.payload_len as u64);
             }
             Err((error, _)) => {
+                self.mark(error.rdkafka_error_code());
                 let (code, reason) = ack::kafka_failure(error, &pending.counters.topic);
                 pending.counters.failed(&self.metrics, code);
                 self.logs.delivery_failed(&pending.counters.topic, error);
@@ -77,9 +140,12 @@ impl ProducerContext for DeliveryReports {
     }
 }
 
+type Producer = ThreadedProducer<DeliveryReports>;
+
 /// The Kafka producer shared by all connections.
 pub struct KafkaLog {
-    producer: ThreadedProducer<DeliveryReports>,
+    producer: RwLock<Arc<Producer>>,
+    config: ClientConfig,
     metrics: Arc<Metrics>,
 }
 
@@ -92,12 +158,68 @@ impl KafkaLog {
             "statistics.interval.ms",
             weir_runtime::kafka::STATISTICS_INTERVAL,
         );
-        let producer = config.create_with_context(DeliveryReports {
-            metrics: metrics.clone(),
-            logs: Default::default(),
-        })?;
-        Ok(Self { producer, metrics })
+        let producer = create_producer(&config, &metrics)?;
+        Ok(Self {
+            producer: RwLock::new(Arc::new(producer)),
+            config,
+            metrics,
+        })
     }
+
+    /// The producer to publish through: a new one when the current one can deliver
+    /// no more.
+    fn producer(&self) -> Arc<Producer> {
+        let current = self.current();
+        if current.context().broken() == Broken::No {
+            return current;
+        }
+        let mut slot = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        // Another batch may have replaced it meanwhile.
+        if !Arc::ptr_eq(&slot, &current) {
+            return slot.clone();
+        }
+        let why = current.context().broken();
+        match create_producer(&self.config, &self.metrics) {
+            Ok(fresh) => {
+                let fatal = current.client().fatal_error().map(|(_, reason)| reason);
+                tracing::error!(
+                    reason = why.label(),
+                    ?fatal,
+                    "the Kafka producer can deliver no more; publishing through a new one"
+                );
+                self.metrics
+                    .producer_replacements
+                    .with_label_values(&[why.label()])
+                    .inc();
+                let old = std::mem::replace(&mut *slot, Arc::new(fresh));
+                // Dropping a producer waits for its threads: not on a runtime thread.
+                std::thread::spawn(move || drop(old));
+                slot.clone()
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot create a new Kafka producer; trying again with the next batch");
+                current
+            }
+        }
+    }
+
+    fn current(&self) -> Arc<Producer> {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn create_producer(
+    config: &ClientConfig,
+    metrics: &Arc<Metrics>,
+) -> rdkafka::error::KafkaResult<Producer> {
+    config.create_with_context(DeliveryReports {
+        metrics: metrics.clone(),
+        logs: Default::default(),
+        broken: AtomicU8::new(Broken::No as u8),
+    })
 }
 
 impl EventLog for KafkaLog {
@@ -116,6 +238,7 @@ impl EventLog for KafkaLog {
         // list beats hashing; past the cap, resolve each time.
         const RESOLVED_CAP: usize = 32;
         let mut resolved: Vec<(&str, &str, Arc<DeliveryCounters>)> = Vec::new();
+        let producer = self.producer();
         for event in outgoing {
             indices.push(event.index as u32);
             if let Some((code, reason)) = &aborted {
@@ -158,7 +281,7 @@ impl EventLog for KafkaLog {
             if let Some(key) = event.key {
                 record = record.key(key);
             }
-            if let Err((error, record)) = self.producer.send(record) {
+            if let Err((error, record)) = producer.send(record) {
                 let (code, reason) = ack::kafka_failure(&error, event.topic);
                 record.delivery_opaque.counters.failed(&self.metrics, code);
                 state.fail(ack::event_failure(event.index, code, reason.clone()));
@@ -174,15 +297,43 @@ impl EventLog for KafkaLog {
     }
 
     fn in_flight(&self) -> usize {
-        usize::try_from(self.producer.in_flight_count()).unwrap_or(0)
+        usize::try_from(self.current().in_flight_count()).unwrap_or(0)
     }
 
     fn flush(&self, timeout: Duration) -> Result<(), LogError> {
-        Ok(self.producer.flush(timeout)?)
+        Ok(self.current().flush(timeout)?)
     }
 
     fn check_reachable(&self, timeout: Duration) -> Result<(), LogError> {
-        self.producer.client().fetch_metadata(None, timeout)?;
+        self.current().client().fetch_metadata(None, timeout)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fenced_and_fatal_producers_are_told_from_failed_events() {
+        assert_eq!(
+            Broken::of(Some(RDKafkaErrorCode::ProducerFenced)),
+            Broken::Fenced
+        );
+        assert_eq!(
+            Broken::of(Some(RDKafkaErrorCode::InvalidProducerEpoch)),
+            Broken::Fenced
+        );
+        assert_eq!(Broken::of(Some(RDKafkaErrorCode::Fatal)), Broken::Fatal);
+        // A timed-out event or a broker that is down says nothing about the producer.
+        assert_eq!(
+            Broken::of(Some(RDKafkaErrorCode::MessageTimedOut)),
+            Broken::No
+        );
+        assert_eq!(
+            Broken::of(Some(RDKafkaErrorCode::AllBrokersDown)),
+            Broken::No
+        );
+        assert_eq!(Broken::of(None), Broken::No);
     }
 }

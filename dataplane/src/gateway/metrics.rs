@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Connections the gateway closed to protect itself, by port (`http`, `grpc`) and
     /// reason (`not_reading`, `connection_limit`).
     pub connections_dropped: IntCounterVec,
+    /// Kafka producers replaced because they could deliver no more, by reason.
+    pub producer_replacements: IntCounterVec,
     /// Label budget for event types.
     pub event_types: BoundedLabels,
     /// Label budget for topics.
@@ -105,6 +107,11 @@ impl Metrics {
             "weir_gateway_connections_dropped_total",
             "Connections closed by the gateway: clients that did not read their answers within limits.writeTimeout, or past limits.maxConnections.",
             &["port", "reason"],
+        );
+        let producer_replacements = counter(
+            "weir_gateway_kafka_producer_replacements_total",
+            "Kafka producers replaced by a new one because they could deliver no more: fenced (the broker fenced the idempotent producer's id) or fatal (librdkafka's fatal error).",
+            &["reason"],
         );
         let connections = IntGaugeVec::new(
             Opts::new("weir_gateway_connections", "Open WebSocket connections."),
@@ -168,6 +175,7 @@ impl Metrics {
             inflight_bytes,
             routing_reloads,
             connections_dropped,
+            producer_replacements,
             event_types: BoundedLabels::new(LABEL_LIMIT),
             topics: BoundedLabels::new(LABEL_LIMIT),
             groups: BoundedLabels::new(LABEL_LIMIT),
