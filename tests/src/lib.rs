@@ -317,6 +317,24 @@ impl S3Server {
         Ok(server)
     }
 
+    /// Storage on this server under the prefix `events`, path-style, with the access
+    /// key and `secret` in files written to `dir` (as a mounted Secret would be).
+    pub fn storage_spec(&self, dir: &Path, secret: &str) -> weir_crds::sink::StorageSpec {
+        let key_file = dir.join("access-key");
+        let secret_file = dir.join("secret-key");
+        std::fs::write(&key_file, &self.access_key).expect("write the access key file");
+        std::fs::write(&secret_file, secret).expect("write the secret key file");
+        weir_crds::sink::StorageSpec {
+            url: format!("s3://{}/events", self.bucket),
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            path_style: true,
+            access_key_id_file: Some(key_file.display().to_string()),
+            secret_access_key_file: Some(secret_file.display().to_string()),
+            ..Default::default()
+        }
+    }
+
     /// The bucket's directory: each object is a file under it, named by its key,
     /// that appears whole (s3s-fs writes a temporary file and renames it).
     pub fn bucket_dir(&self) -> PathBuf {

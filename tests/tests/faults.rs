@@ -37,7 +37,6 @@ use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use weir::sink::audit::{AuditReport, audit};
@@ -722,20 +721,17 @@ async fn produce(bootstrap: &str, first: usize, count: usize) {
     let sends = (first..first + count).map(|i| {
         let producer = producer.clone();
         async move {
-            let receive_time = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_micros()
-                .to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: weir::record::EVENT_TYPE,
-                    value: Some(EVENT_TYPE),
-                })
-                .insert(Header {
-                    key: weir::record::RECEIVE_TIME,
-                    value: Some(&receive_time),
-                });
+            let receive_time =
+                weir::gateway::publish::unix_micros(std::time::SystemTime::now()).to_string();
+            let headers = weir::record::GatewayHeaders {
+                event_type: EVENT_TYPE,
+                req_guid: "",
+                conn_group: "",
+                receive_time: &receive_time,
+                sent_time: None,
+                dead_letter_reason: None,
+            }
+            .to_kafka();
             let key = format!("user-{}", i % 7);
             let payload = format!("{{\"n\":{i}}}");
             producer
@@ -751,23 +747,6 @@ async fn produce(bootstrap: &str, first: usize, count: usize) {
         }
     });
     futures_util::future::join_all(sends).await;
-}
-
-/// Storage on `s3` under the prefix `events`, with the credentials in files in `dir`.
-fn storage_spec(s3: &S3Server, dir: &Path) -> StorageSpec {
-    let key_file = dir.join("access-key");
-    let secret_file = dir.join("secret-key");
-    std::fs::write(&key_file, &s3.access_key).unwrap();
-    std::fs::write(&secret_file, &s3.secret_key).unwrap();
-    StorageSpec {
-        url: format!("s3://{}/events", s3.bucket),
-        endpoint: Some(s3.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        path_style: true,
-        access_key_id_file: Some(key_file.display().to_string()),
-        secret_access_key_file: Some(secret_file.display().to_string()),
-        ..Default::default()
-    }
 }
 
 /// A sink of [`TOPIC`] that flushes often (many uploads to interrupt), serves its
@@ -854,7 +833,7 @@ async fn a_sink_killed_during_uploads_loses_and_duplicates_nothing() {
     let (_kafka, bootstrap) = mock_broker();
     let s3 = S3Server::start("weir-faults").expect("s3s-fs");
     let dir = tempfile::tempdir().unwrap();
-    let storage = storage_spec(&s3, dir.path());
+    let storage = s3.storage_spec(dir.path(), &s3.secret_key);
     let spec = sink_spec(&bootstrap, storage.clone(), free_port());
 
     // Killed after this many new files of its run: at the first upload, then deeper.
@@ -909,7 +888,7 @@ async fn storage_restarted_mid_flush_is_caught_up_by_the_running_sink() {
     let (_kafka, bootstrap) = mock_broker();
     let mut s3 = S3Server::start("weir-faults").expect("s3s-fs");
     let dir = tempfile::tempdir().unwrap();
-    let storage = storage_spec(&s3, dir.path());
+    let storage = s3.storage_spec(dir.path(), &s3.secret_key);
     let metrics_port = free_port();
     let spec = sink_spec(&bootstrap, storage.clone(), metrics_port);
     let mut produced = 1500;

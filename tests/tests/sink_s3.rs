@@ -23,20 +23,11 @@ use weir_tests::{Broker, S3Server};
 
 const TOPIC: &str = "clickstream-page_view-log";
 
+/// Storage on `s3`, multipart past 5 MiB.
 fn storage_spec(s3: &S3Server, dir: &Path, secret: &str) -> StorageSpec {
-    let key_file = dir.join("access-key");
-    let secret_file = dir.join("secret-key");
-    std::fs::write(&key_file, &s3.access_key).unwrap();
-    std::fs::write(&secret_file, secret).unwrap();
     StorageSpec {
-        url: format!("s3://{}/events", s3.bucket),
-        endpoint: Some(s3.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        path_style: true,
-        access_key_id_file: Some(key_file.display().to_string()),
-        secret_access_key_file: Some(secret_file.display().to_string()),
         part_size: 5 << 20,
-        ..Default::default()
+        ..s3.storage_spec(dir, secret)
     }
 }
 
