@@ -171,6 +171,12 @@ impl Gateway {
             .context("cannot create the Kafka producer (check kafka.properties)")?,
         );
         let ingestor = Ingestor::new(router.clone(), publisher.clone(), metrics.clone(), spec);
+        // Each port may hold `limits.maxConnections` sockets.
+        let connections = 2 * spec.limits.max_connections as u64;
+        weir_runtime::open_files::ensure(
+            connections + weir_runtime::open_files::RESERVED_FILES,
+            "limits.maxConnections (per port, HTTP and gRPC)",
+        );
         let http_listener = bind(spec.listen.http, "listen.http")?;
         let grpc_listener = bind(spec.listen.grpc, "listen.grpc")?;
         let metrics_listener = bind(spec.listen.metrics, "listen.metrics")?;
