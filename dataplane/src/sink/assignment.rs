@@ -10,7 +10,7 @@
 //!   it can; a flush that ends later changes nothing here (epochs);
 //! - a partition fenced by such a late flush (it fixed the range this sink was about to
 //!   write) is taken again from its markers without a rebalance: the markers and the
-//!   log's offsets are read off the loop ([`recover_fenced`]), then the loop, between two
+//!   log's offsets are read off the loop ([`Core::recover_fenced`]), then the loop, between two
 //!   records, positions the source and replaces the fenced state
 //!   ([`Core::retake_fenced`]), so no record fetched before the seek reaches the new
 //!   state.
@@ -132,6 +132,49 @@ impl Core {
         }
     }
 
+    /// Reads a fenced partition's markers (from `fenced_at`, the range it was fenced at) and
+    /// its log's offsets again, and hands them to the loop ([`Self::retake_fenced`]); on an
+    /// error the partition tries again later.
+    pub async fn recover_fenced<S: RecordSource>(
+        self: Arc<Self>,
+        source: Arc<S>,
+        tp: Tp,
+        epoch: u64,
+        fenced_at: Option<i64>,
+    ) {
+        let recovery = progress::recover(&self.flush.storage, &tp.0, tp.1, fenced_at).await;
+        let watermarks = {
+            let (source, tp) = (source.clone(), tp.clone());
+            tokio::task::spawn_blocking(move || source.watermarks(&tp)).await
+        };
+        let mut state = self.lock();
+        match recovery {
+            Ok(recovery) => {
+                let watermarks = match watermarks {
+                    Ok(Ok(watermarks)) => Some(watermarks),
+                    Ok(Err(error)) => {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, %error, "cannot read the partition's start and end offsets; a replaced log is found at its first record instead");
+                        None
+                    }
+                    Err(_) => None,
+                };
+                state.recovered.push(Recovered {
+                    tp,
+                    epoch,
+                    recovery,
+                    watermarks,
+                    fenced_at,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(topic = %tp.0, partition = tp.1, %error, "cannot read the fenced partition's progress markers; trying again");
+                if let Some(ps) = state.current(&tp, epoch) {
+                    ps.recovery_failed(Instant::now());
+                }
+            }
+        }
+    }
+
     /// A partition that could not be started: the sink stops with `why`.
     pub fn fail_assignment(&self, why: String) {
         self.lock().fatal = Some(why);
@@ -171,48 +214,5 @@ impl Core {
         self.metrics
             .buffered_bytes
             .set(state.buffered_bytes() as i64);
-    }
-}
-
-/// Reads a fenced partition's markers (from `fenced_at`, the range it was fenced at) and
-/// its log's offsets again, and hands them to the loop ([`Core::retake_fenced`]); on an
-/// error the partition tries again later.
-pub(super) async fn recover_fenced<S: RecordSource>(
-    core: Arc<Core>,
-    source: Arc<S>,
-    tp: Tp,
-    epoch: u64,
-    fenced_at: Option<i64>,
-) {
-    let recovery = progress::recover(&core.flush.storage, &tp.0, tp.1, fenced_at).await;
-    let watermarks = {
-        let (source, tp) = (source.clone(), tp.clone());
-        tokio::task::spawn_blocking(move || source.watermarks(&tp)).await
-    };
-    let mut state = core.lock();
-    match recovery {
-        Ok(recovery) => {
-            let watermarks = match watermarks {
-                Ok(Ok(watermarks)) => Some(watermarks),
-                Ok(Err(error)) => {
-                    tracing::warn!(topic = %tp.0, partition = tp.1, %error, "cannot read the partition's start and end offsets; a replaced log is found at its first record instead");
-                    None
-                }
-                Err(_) => None,
-            };
-            state.recovered.push(Recovered {
-                tp,
-                epoch,
-                recovery,
-                watermarks,
-                fenced_at,
-            });
-        }
-        Err(error) => {
-            tracing::warn!(topic = %tp.0, partition = tp.1, %error, "cannot read the fenced partition's progress markers; trying again");
-            if let Some(ps) = state.current(&tp, epoch) {
-                ps.recovery_failed(Instant::now());
-            }
-        }
     }
 }

@@ -219,8 +219,9 @@ fn on_tick<S: RecordSource>(core: &Arc<Core>, consumer: &Arc<S>) {
         spawn_flush(core.clone(), consumer.clone(), job, attempts);
     }
     for (tp, epoch, fenced_at) in recoveries {
-        let recover =
-            super::assignment::recover_fenced(core.clone(), consumer.clone(), tp, epoch, fenced_at);
+        let recover = core
+            .clone()
+            .recover_fenced(consumer.clone(), tp, epoch, fenced_at);
         tokio::spawn(recover);
     }
 }
