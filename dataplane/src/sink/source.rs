@@ -1,5 +1,5 @@
 //! The log the sink reads, as an interface: Kafka is the one implementation today
-//! ([`super::rebalance`] holds its hook). A log of shards with sequence numbers and
+//! ([`super::kafka_source`] holds its hook). A log of shards with sequence numbers and
 //! leases (Amazon Kinesis) implements the same pieces:
 //!
 //! - [`LogRecord`]: one record, borrowed from the client (no copy of the payload);
