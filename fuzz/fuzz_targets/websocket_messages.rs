@@ -1,28 +1,41 @@
-//! Bytes from a WebSocket client: frames read by the server side of the protocol under
-//! the gateway's message limit, each message decoded as the session does (binary:
-//! protobuf, text: JSON). Never a panic; oversized messages are read errors.
+//! Bytes from a WebSocket client: frames read by the gateway's own reader
+//! (`ws_wire::FrameReader`) under a message limit, each message decoded as the session
+//! does (binary: protobuf, text: JSON). Never a panic; oversized messages and protocol
+//! violations are read errors with a close code.
 #![no_main]
 
-use std::io::Cursor;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
-use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
-use tungstenite::Message;
 use weir::gateway::decode::{ContentKind, decode_request};
+use weir::gateway::ws_wire::{FrameReader, Incoming};
 
 const LIMIT: usize = 64 * 1024;
 
 fuzz_target!(|data: &[u8]| {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(LIMIT))
-        .max_frame_size(Some(LIMIT));
-    let mut socket = WebSocket::from_raw_socket(Cursor::new(data.to_vec()), Role::Server, Some(config));
+    let mut reader = FrameReader::new(LIMIT);
+    let mut io: &[u8] = data;
+    let mut cx = Context::from_waker(Waker::noop());
     for _ in 0..64 {
-        let (kind, payload) = match socket.read() {
-            Ok(Message::Binary(bytes)) => (ContentKind::Protobuf, bytes),
-            Ok(Message::Text(text)) => (ContentKind::Json, bytes::Bytes::from(text)),
-            Ok(_) => continue,
-            Err(_) => return,
+        let (kind, payload) = match reader.poll_message(&mut cx, Pin::new(&mut io)) {
+            Poll::Ready(Ok(Incoming::Binary(bytes))) => (ContentKind::Protobuf, bytes),
+            Poll::Ready(Ok(Incoming::Text(bytes))) => {
+                assert!(std::str::from_utf8(&bytes).is_ok());
+                (ContentKind::Json, bytes)
+            }
+            Poll::Ready(Ok(Incoming::End)) => return,
+            Poll::Ready(Ok(Incoming::Ping(bytes))) => {
+                assert!(bytes.len() <= 125);
+                continue;
+            }
+            Poll::Ready(Ok(_)) => continue,
+            Poll::Ready(Err(error)) => {
+                let _ = error.close_code();
+                return;
+            }
+            // A slice never waits.
+            Poll::Pending => panic!("reading from a slice returned Pending"),
         };
         assert!(payload.len() <= LIMIT);
         let _ = decode_request(kind, payload, 100);

@@ -12,7 +12,6 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE, ORIGIN, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -30,6 +29,8 @@ use super::identity::Identity;
 use super::ingest::Transport;
 use super::json::Dialect;
 use super::ws;
+use super::ws_wire::Handshake;
+use hyper_util::rt::TokioIo;
 
 /// The HTTP and WebSocket routes.
 pub fn routes(shared: Arc<Shared>) -> Router {
@@ -305,7 +306,7 @@ async fn upgrade(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     query: QueryParams,
-    upgrade: WebSocketUpgrade,
+    handshake: Handshake,
 ) -> Response {
     let received = Instant::now();
     let admitted = if shared.shutdown.is_cancelled() {
@@ -333,30 +334,20 @@ async fn upgrade(
     // Raccoon upgrades first and then refuses over the socket (a response with the code,
     // then close 1008), so clients read the reason the same way here.
     let registration = shared.connections.register(&identity);
-    let limit = shared.settings.limits.max_batch_bytes;
     let tracker = shared.sessions.clone();
-    upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        // tungstenite allocates 128 KiB for each of these up front; idle connections
-        // would cost ~130 KiB each. The read buffer grows for large messages, and
-        // writes go out one answer at a time anyway.
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                match registration {
-                    Ok(guard) => ws::serve(socket, shared, identity, guard, event_results).await,
-                    Err(rejection) => ws::refuse(socket, &rejection).await,
-                }
-            })
-        })
+    let (response, on_upgrade) = handshake.accept();
+    tokio::spawn(tracker.track_future(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(error) => {
+                tracing::debug!(%error, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        match registration {
+            Ok(guard) => ws::serve(upgraded, shared, identity, guard, event_results).await,
+            Err(rejection) => ws::refuse(upgraded, &rejection).await,
+        }
+    }));
+    response
 }
-
-/// WebSocket read buffer per connection, and the most read from the socket at once.
-/// tungstenite fills the whole buffer with zeros before each read and grows it to the
-/// size of the frame being read (doubling from here), so it is resident memory of
-/// every connection: 2 KiB keeps a connection sending batches of 20 events near 5 KiB
-/// (4 KiB grew them to 8), at one more read per 4 KiB frame.
-const WS_READ_BUFFER: usize = 2048;

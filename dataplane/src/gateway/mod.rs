@@ -23,6 +23,7 @@ pub mod ops;
 pub mod publish;
 pub mod route;
 pub mod ws;
+pub mod ws_wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

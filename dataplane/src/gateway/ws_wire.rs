@@ -1,0 +1,487 @@
+//! The WebSocket wire (RFC 6455), server side: the opening handshake and the frames.
+//!
+//! Why not tungstenite's socket: it keeps a read buffer in every connection (zero-filled
+//! before each read and grown to the largest frame seen), which at 10,000 connections
+//! was most of the gateway's memory. Here nothing is held between frames: a frame's
+//! header is read into its 14 bytes, then its payload straight into a buffer of exactly
+//! its length, which becomes the batch (no copy) and is freed with it. Reads never go
+//! past the current frame, so no bytes of the next one wait in memory either.
+//!
+//! Invariants:
+//! - [`FrameReader::poll_message`] is cancel-safe: every byte read is kept in the
+//!   reader, so a session may poll it in a `select!` beside its other work.
+//! - A message longer than the limit is refused from its header (or from the running
+//!   total of its fragments) before any of it is buffered; a buffer only grows as bytes
+//!   arrive, so a client that announces a large frame and sends it slowly holds only
+//!   what it sent.
+//! - Client frames must be masked, use no reserved bits or opcodes (no extension is
+//!   negotiated), and control frames must be whole and at most 125 bytes; anything else
+//!   is a protocol error (close 1002). Text messages must be UTF-8 (1007), checked once
+//!   the message is complete.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// Close codes the gateway sends (RFC 6455 §7.4.1).
+pub mod close_code {
+    /// The server is going away (shutdown, idle timeout).
+    pub const AWAY: u16 = 1001;
+    /// A protocol violation.
+    pub const PROTOCOL: u16 = 1002;
+    /// Data inconsistent with the message type (a text message that is not UTF-8).
+    pub const INVALID: u16 = 1007;
+    /// A policy violation (refused, replaced, not reading).
+    pub const POLICY: u16 = 1008;
+    /// A message too big to process.
+    pub const SIZE: u16 = 1009;
+}
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Longest payload of a control frame.
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// One message from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A binary message.
+    Binary(Bytes),
+    /// A text message, checked to be UTF-8.
+    Text(Bytes),
+    /// A ping, to be answered with a pong carrying the same bytes.
+    Ping(Bytes),
+    /// A pong.
+    Pong,
+    /// The client's close frame (its code, if it gave one).
+    Close(Option<u16>),
+    /// The connection ended between frames without a close frame.
+    End,
+}
+
+/// Why the client's bytes cannot be read as WebSocket messages.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// A message over the size limit.
+    #[error("message exceeds {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// A text message that is not UTF-8.
+    #[error("text frame is not UTF-8")]
+    NotUtf8,
+    /// A frame that breaks the protocol.
+    #[error("{0}")]
+    Protocol(&'static str),
+    /// The connection failed or ended inside a frame.
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl WireError {
+    /// The close code that answers the error; `None` when the connection is gone.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            Self::TooLarge { .. } => Some(close_code::SIZE),
+            Self::NotUtf8 => Some(close_code::INVALID),
+            Self::Protocol(_) => Some(close_code::PROTOCOL),
+            Self::Io(_) => None,
+        }
+    }
+}
+
+/// A frame header as read from the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FrameHeader {
+    fin: bool,
+    opcode: u8,
+    mask: [u8; 4],
+    length: u64,
+}
+
+impl FrameHeader {
+    /// The header's length in bytes, known from its first two bytes.
+    fn size(first_two: [u8; 2]) -> usize {
+        let extended = match first_two[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if first_two[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + extended + mask
+    }
+
+    /// Parses a whole header (`bytes.len() == Self::size(..)`) and checks what can be
+    /// checked of a frame from its header alone.
+    fn parse(bytes: &[u8]) -> Result<Self, WireError> {
+        let (b0, b1) = (bytes[0], bytes[1]);
+        if b0 & 0x70 != 0 {
+            return Err(WireError::Protocol(
+                "reserved bits set without an extension",
+            ));
+        }
+        if b1 & 0x80 == 0 {
+            return Err(WireError::Protocol("client frame is not masked"));
+        }
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0f;
+        let (length, rest) = match b1 & 0x7f {
+            126 => (
+                u64::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+                &bytes[4..],
+            ),
+            127 => {
+                let length = u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
+                if length >> 63 != 0 {
+                    return Err(WireError::Protocol("frame length has its top bit set"));
+                }
+                (length, &bytes[10..])
+            }
+            short => (u64::from(short), &bytes[2..]),
+        };
+        let mask = rest[..4].try_into().expect("4 mask bytes");
+        match opcode {
+            OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
+            OP_CLOSE | OP_PING | OP_PONG => {
+                if !fin {
+                    return Err(WireError::Protocol("fragmented control frame"));
+                }
+                if length > MAX_CONTROL_PAYLOAD as u64 {
+                    return Err(WireError::Protocol("control frame longer than 125 bytes"));
+                }
+            }
+            _ => return Err(WireError::Protocol("reserved opcode")),
+        }
+        Ok(Self {
+            fin,
+            opcode,
+            mask,
+            length,
+        })
+    }
+}
+
+/// Reads client messages from a stream, holding nothing between frames but the state
+/// of a fragmented message.
+#[derive(Debug)]
+pub struct FrameReader {
+    max_message: usize,
+    /// The current frame's header bytes read so far.
+    head: [u8; 14],
+    head_read: u8,
+    /// The current frame, once its header is read: the header and where its payload
+    /// starts in `payload`.
+    frame: Option<(FrameHeader, usize)>,
+    /// The message being read: its first frame's opcode and its bytes so far.
+    message: Option<u8>,
+    payload: BytesMut,
+    /// The current control frame's payload.
+    control: BytesMut,
+}
+
+impl FrameReader {
+    /// A reader refusing messages longer than `max_message` bytes.
+    pub fn new(max_message: usize) -> Self {
+        Self {
+            max_message,
+            head: [0; 14],
+            head_read: 0,
+            frame: None,
+            message: None,
+            payload: BytesMut::new(),
+            control: BytesMut::new(),
+        }
+    }
+
+    /// Reads until a whole message (or a control frame) is in.
+    pub fn poll_message<R: AsyncRead + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut io: Pin<&mut R>,
+    ) -> Poll<Result<Incoming, WireError>> {
+        loop {
+            let Some((header, start)) = self.frame else {
+                // The header: two bytes, then the rest they announce; never more.
+                let have = usize::from(self.head_read);
+                let want = if have < 2 {
+                    2
+                } else {
+                    FrameHeader::size([self.head[0], self.head[1]])
+                };
+                if have < want {
+                    let mut buf = ReadBuf::new(&mut self.head[have..want]);
+                    ready!(io.as_mut().poll_read(cx, &mut buf))?;
+                    let n = buf.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(if have == 0 && self.message.is_none() {
+                            Ok(Incoming::End)
+                        } else {
+                            Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())
+                        });
+                    }
+                    self.head_read += n as u8;
+                    continue;
+                }
+                self.head_read = 0;
+                let header = FrameHeader::parse(&self.head[..want])?;
+                let is_control = header.opcode >= OP_CLOSE;
+                let start = if is_control { 0 } else { self.payload.len() };
+                match (header.opcode, self.message) {
+                    (OP_CONTINUATION, None) => {
+                        return Poll::Ready(Err(WireError::Protocol(
+                            "continuation frame without a message",
+                        )));
+                    }
+                    (OP_TEXT | OP_BINARY, Some(_)) => {
+                        return Poll::Ready(Err(WireError::Protocol(
+                            "new message inside a fragmented one",
+                        )));
+                    }
+                    _ => {}
+                }
+                if !is_control {
+                    let total = (start as u64).saturating_add(header.length);
+                    if total > self.max_message as u64 {
+                        return Poll::Ready(Err(WireError::TooLarge {
+                            limit: self.max_message,
+                        }));
+                    }
+                    if self.message.is_none() {
+                        self.message = Some(header.opcode);
+                    }
+                }
+                self.frame = Some((header, start));
+                continue;
+            };
+            let is_control = header.opcode >= OP_CLOSE;
+            let length = header.length as usize;
+            // Control frames may come between the fragments of a message: their few
+            // bytes go to a buffer of their own.
+            let buffer = if is_control {
+                &mut self.control
+            } else {
+                &mut self.payload
+            };
+            let have = buffer.len() - start;
+            if have < length {
+                // Room for this frame only, so a read never takes the next one's bytes;
+                // capacity is reserved once and filled as bytes arrive.
+                buffer.reserve(length - have);
+                let mut limited = buffer.limit(length - have);
+                let n = ready!(tokio_util::io::poll_read_buf(io.as_mut(), cx, &mut limited))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()));
+                }
+                continue;
+            }
+            self.frame = None;
+            if is_control {
+                let mut bytes = std::mem::take(&mut self.control);
+                unmask(&mut bytes, header.mask);
+                return Poll::Ready(control(header.opcode, bytes.freeze()));
+            }
+            unmask(&mut self.payload[start..], header.mask);
+            if !header.fin {
+                continue;
+            }
+            let opcode = self.message.take().expect("a data frame starts a message");
+            let message = std::mem::take(&mut self.payload).freeze();
+            return Poll::Ready(if opcode == OP_TEXT {
+                match std::str::from_utf8(&message) {
+                    Ok(_) => Ok(Incoming::Text(message)),
+                    Err(_) => Err(WireError::NotUtf8),
+                }
+            } else {
+                Ok(Incoming::Binary(message))
+            });
+        }
+    }
+}
+
+fn control(opcode: u8, payload: Bytes) -> Result<Incoming, WireError> {
+    match opcode {
+        OP_PING => Ok(Incoming::Ping(payload)),
+        OP_PONG => Ok(Incoming::Pong),
+        _ => match payload.len() {
+            0 => Ok(Incoming::Close(None)),
+            1 => Err(WireError::Protocol("close frame with a one-byte payload")),
+            _ => {
+                if std::str::from_utf8(&payload[2..]).is_err() {
+                    return Err(WireError::NotUtf8);
+                }
+                Ok(Incoming::Close(Some(u16::from_be_bytes([
+                    payload[0], payload[1],
+                ]))))
+            }
+        },
+    }
+}
+
+/// Undoes the client's masking (XOR with the 4-byte key, RFC 6455 §5.3).
+fn unmask(bytes: &mut [u8], mask: [u8; 4]) {
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
+}
+
+/// A whole server frame (unmasked, final): header and payload in one buffer, so it
+/// goes out in one write.
+fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let length = payload.len();
+    let mut out = BytesMut::with_capacity(10 + length);
+    out.put_u8(0x80 | opcode);
+    if length < 126 {
+        out.put_u8(length as u8);
+    } else if let Ok(short) = u16::try_from(length) {
+        out.put_u8(126);
+        out.put_u16(short);
+    } else {
+        out.put_u8(127);
+        out.put_u64(length as u64);
+    }
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// A binary message.
+pub fn binary(payload: &[u8]) -> Bytes {
+    frame(OP_BINARY, payload)
+}
+
+/// A text message (`payload` is UTF-8).
+pub fn text(payload: &[u8]) -> Bytes {
+    frame(OP_TEXT, payload)
+}
+
+/// A ping with no payload.
+pub fn ping() -> Bytes {
+    frame(OP_PING, &[])
+}
+
+/// The answer to a ping.
+pub fn pong(payload: &[u8]) -> Bytes {
+    frame(OP_PONG, payload)
+}
+
+/// A close frame; the reason is cut to fit a control frame, at a character boundary.
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let reason = super::ack::truncate(reason, MAX_CONTROL_PAYLOAD - 2);
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason.as_bytes());
+    frame(OP_CLOSE, &payload)
+}
+
+/// A WebSocket opening handshake over HTTP/1.1 (RFC 6455 §4.2), taken from the request
+/// as axum's extractor checks it; answer it with [`Handshake::accept`] and read the
+/// connection from [`Handshake::upgraded`].
+pub struct Handshake {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+/// Why a request is not a WebSocket handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// Not a GET.
+    #[error("a WebSocket handshake is a GET request")]
+    NotGet,
+    /// A header missing or wrong.
+    #[error("not a WebSocket handshake: {0}")]
+    Header(&'static str),
+    /// HTTP/2, or a connection hyper cannot hand over.
+    #[error("this connection cannot be upgraded to a WebSocket (use HTTP/1.1)")]
+    NotUpgradable,
+}
+
+impl IntoResponse for HandshakeError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            Self::NotGet => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Header(_) => StatusCode::BAD_REQUEST,
+            Self::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
+        };
+        (status, self.to_string()).into_response()
+    }
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = HandshakeError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if parts.version > axum::http::Version::HTTP_11 {
+            return Err(HandshakeError::NotUpgradable);
+        }
+        if parts.method != Method::GET {
+            return Err(HandshakeError::NotGet);
+        }
+        if !header_has_token(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(HandshakeError::Header("Connection must include upgrade"));
+        }
+        if !header_has_token(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(HandshakeError::Header("Upgrade must be websocket"));
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(HandshakeError::Header("Sec-WebSocket-Version must be 13"));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(HandshakeError::Header("Sec-WebSocket-Key is missing"))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or(HandshakeError::NotUpgradable)?;
+        Ok(Self { key, on_upgrade })
+    }
+}
+
+impl Handshake {
+    /// The 101 answer, and the connection once hyper hands it over (after the answer
+    /// is written).
+    pub fn accept(self) -> (Response, hyper::upgrade::OnUpgrade) {
+        let accept =
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
+            .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+            .header(
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(&accept).expect("base64 is a header value"),
+            )
+            .body(axum::body::Body::empty())
+            .expect("a valid 101 response");
+        (response, self.on_upgrade)
+    }
+}
+
+#[cfg(test)]
+mod tests;
