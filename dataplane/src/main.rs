@@ -13,6 +13,23 @@ use weir_runtime::telemetry::{self, LogArgs};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `purge_delay` option: its place in `mi_option_e` (the same in mimalloc 2
+/// and 3, which libmimalloc-sys builds), which libmimalloc-sys does not name.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Makes the gateway give freed memory back to the OS at once, unless
+/// `MIMALLOC_PURGE_DELAY` says otherwise. A fleet that reconnects at once frees thousands
+/// of handshakes' buffers, which mimalloc 3's default delay (1 s, ten times that for
+/// its arenas) kept resident: 10,000 connections, half of them reconnecting at once,
+/// peaked at 164 MB with it and stayed at 85-91 MB without, for no CPU cost we could
+/// measure.
+fn purge_freed_memory_at_once() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one integer option, which mimalloc reads atomically.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
 /// Weir: event ingestion into Kafka.
 #[derive(Parser)]
 #[command(version, about)]
@@ -115,6 +132,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if ensure_topics {
                 weir_runtime::kafka::ensure_topics(&settings.kafka, &settings.topics).await?;
             }
+            purge_freed_memory_at_once();
             let gateway = weir::gateway::Gateway::start(settings).await?;
             telemetry::shutdown_signal().await;
             gateway.shutdown().await;
@@ -201,4 +219,22 @@ async fn sink_audit(config: Option<&std::path::Path>) -> anyhow::Result<ExitCode
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // mimalloc 3's default purge delay is 1000 ms; another option at that place
+        // would say another value.
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: reads one integer option.
+            assert_eq!(
+                unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
+                1000
+            );
+        }
+    }
 }
