@@ -246,3 +246,148 @@ async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
     let close = next_frame(&mut socket).await;
     assert_eq!(close_code(&close), Some(1007), "{close:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pings_get_pongs_and_a_closing_client_gets_its_answers_first() {
+    let (_kafka, gateway) = start(|_| {}).await;
+    let mut socket = connect(&gateway, &[("X-User-ID", "pinger")]).await;
+    socket
+        .send(tungstenite::Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a pong within 10 s")
+            .unwrap()
+            .unwrap();
+        if let tungstenite::Message::Pong(payload) = frame {
+            break payload;
+        }
+    };
+    assert_eq!(&pong[..], b"are you there");
+
+    // A batch, then the client's close at once: the answer comes first, then the
+    // close that replies.
+    ws_send_proto(&mut socket, &request("last", vec![event("click", b"x")])).await;
+    socket.close(None).await.unwrap();
+    let answer = decode_binary(next_frame(&mut socket).await);
+    assert_eq!(answer.data["req_guid"], "last");
+    assert_eq!(answer.code(), Code::Ok);
+    assert_eq!(close_code(&next_frame(&mut socket).await), Some(1000));
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_close_with_1002_and_bad_handshakes_are_refused() {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let (_kafka, gateway) = start(|_| {}).await;
+    // A reserved bit set without an extension.
+    let mut socket = connect(&gateway, &[("X-User-ID", "rsv")]).await;
+    let mut frame = Frame::message(vec![1, 2, 3], OpCode::Data(Data::Binary), true);
+    frame.header_mut().rsv1 = true;
+    socket
+        .send(tungstenite::Message::Frame(frame))
+        .await
+        .unwrap();
+    let close = next_frame(&mut socket).await;
+    assert_eq!(close_code(&close), Some(1002), "{close:?}");
+
+    // A continuation with no message before it.
+    let mut socket = connect(&gateway, &[("X-User-ID", "lone")]).await;
+    let frame = Frame::message(vec![1], OpCode::Data(Data::Continue), true);
+    socket
+        .send(tungstenite::Message::Frame(frame))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&next_frame(&mut socket).await), Some(1002));
+
+    // A message in three fragments is one batch.
+    let mut socket = connect(&gateway, &[("X-User-ID", "fragments")]).await;
+    let bytes = request("fragmented", vec![event("click", b"x")]).encode_to_vec();
+    let thirds: Vec<&[u8]> = bytes.chunks(bytes.len().div_ceil(3)).collect();
+    for (i, part) in thirds.iter().enumerate() {
+        let opcode = if i == 0 { Data::Binary } else { Data::Continue };
+        let frame = Frame::message(part.to_vec(), OpCode::Data(opcode), i + 1 == thirds.len());
+        socket
+            .send(tungstenite::Message::Frame(frame))
+            .await
+            .unwrap();
+    }
+    let answer = decode_binary(next_frame(&mut socket).await);
+    assert_eq!(answer.data["req_guid"], "fragmented");
+    assert_eq!(answer.code(), Code::Ok);
+
+    // Handshakes that are not WebSocket's: named in a 400.
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (headers, expected) in [
+        (
+            format!("{key}Sec-WebSocket-Version: 8\r\n"),
+            "Sec-WebSocket-Version must be 13",
+        ),
+        (
+            "Sec-WebSocket-Version: 13\r\n".to_string(),
+            "Sec-WebSocket-Key is missing",
+        ),
+    ] {
+        let mut raw = tokio::net::TcpStream::connect(gateway.http_addr)
+            .await
+            .unwrap();
+        let handshake = format!(
+            "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\n{headers}\r\n"
+        );
+        raw.write_all(handshake.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut answer))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains(expected), "{answer}");
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_holds_up_no_one_else() {
+    let (_kafka, gateway) = start(|spec| {
+        // The stalled client is given long to read, and the gateway-wide admission
+        // budget holds two of its batches: if they held it while their answers wait,
+        // no one else would be admitted.
+        spec.limits.write_timeout = Duration::from_secs(60);
+        spec.limits.max_inflight_bytes = 8 * 1024 * 1024;
+    })
+    .await;
+    // Answers that list 10,000 failures each, to a client that never reads them.
+    let bad_type = "!".repeat(380);
+    let batch = request(
+        "slow",
+        (0..10_000).map(|_| event(&bad_type, b"x")).collect(),
+    );
+    let frame = tungstenite::Message::Binary(batch.encode_to_vec().into());
+    let mut stalled = connect(&gateway, &[("X-User-ID", "never-reads")]).await;
+    let sending = async {
+        for _ in 0..20 {
+            if stalled.send(frame.clone()).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Until the gateway stops reading it (its sends block) or all are sent.
+    let _ = tokio::time::timeout(Duration::from_secs(10), sending).await;
+
+    let mut other = connect(&gateway, &[("X-User-ID", "reads")]).await;
+    for i in 0..3 {
+        let guid = format!("meanwhile-{i}");
+        ws_send_proto(&mut other, &request(&guid, vec![event("click", b"x")])).await;
+        let answer = tokio::time::timeout(Duration::from_secs(10), next_frame(&mut other))
+            .await
+            .expect("answered while another client does not read");
+        let answer = decode_binary(answer);
+        assert_eq!(answer.code(), Code::Ok, "{}", answer.reason);
+        assert_eq!(answer.data["req_guid"], guid);
+    }
+}

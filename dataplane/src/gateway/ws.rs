@@ -10,21 +10,29 @@
 //!
 //! Invariants:
 //! - Pipelining is bounded: at most `limits.maxInflightBatchesPerConnection` batches,
-//!   and `limits.maxInflightBytesPerConnection` bytes of them, of one connection are
-//!   being processed; past that the session stops reading, so TCP pushes back on the
-//!   client, while answers keep flowing.
-//! - Liveness: the server pings every `websocket.pingInterval`; any frame from the
-//!   client counts as alive, and one silent for `websocket.idleTimeout` is closed.
+//!   and `limits.maxInflightBytesPerConnection` bytes of them (a larger batch takes the
+//!   whole budget and goes alone), of one connection are being processed or waiting to
+//!   be queued for writing; past that the session stops reading, so TCP pushes back on
+//!   the client, while answers keep flowing. One message read past the byte budget waits,
+//!   unprocessed, until there is room.
+//! - Batches always run to their end, even while their answers cannot be written, so a
+//!   client that does not read holds nothing of the gateway's admission budget.
+//! - Liveness: the server pings every `websocket.pingInterval`; any bytes from the
+//!   client count as alive, and one silent for `websocket.idleTimeout` is closed (1001).
+//!   Every ping from the client is answered, the latest one's pong ahead of queued
+//!   answers.
 //! - Answers waiting to be written are bounded in bytes, per connection
 //!   (`websocket.maxQueuedAnswerBytes`) and across connections
-//!   (`websocket.maxQueuedAnswerBytesTotal`); while an answer finds no room the session
-//!   takes no more answers (and so, soon, no more batches). A client whose answer finds
-//!   none within `limits.writeTimeout`, or whose socket takes no bytes for that long, is
-//!   disconnected as not reading. Pongs are not queued behind a full outbox.
+//!   (`websocket.maxQueuedAnswerBytesTotal`). An answer that finds no room within
+//!   `limits.writeTimeout` means the client does not read: it gets close 1008. A socket
+//!   that takes no bytes for `limits.writeTimeout` ends the connection at once (the
+//!   listener's socket wrapper fails the write). Both count as `not_reading`.
 //! - Closing (shutdown, replacement by a newer connection, idle, the client's close, a
 //!   protocol error): the session stops reading, answers every batch it accepted
 //!   (within `shutdown.drainTimeout`, unless the client stopped reading), then sends a
-//!   close frame. A client that closes gets its answers before the close that replies.
+//!   close frame, closes its side and reads what the client still sends for a moment,
+//!   so that the kernel does not reset the connection before the client has read it
+//!   all. A client that closes gets its answers before the close that replies.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -39,8 +47,9 @@ use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::PollSemaphore;
 use weir_proto::SendEventResponse;
 
 use super::Shared;
@@ -75,8 +84,11 @@ enum Ending {
     Close(u16, String),
     /// Answer what was accepted, then end without a close frame (the client went).
     Quietly,
-    /// The client does not read its answers: end now.
+    /// An answer found no room in time: the client does not read. Close with 1008 now.
     NotReading,
+    /// The socket took no bytes for `limits.writeTimeout`: the client does not read,
+    /// and nothing more can be written. End now.
+    Stuck,
     /// The connection failed: end now.
     Gone,
 }
@@ -102,20 +114,38 @@ pub async fn serve(
     drop(guard);
 }
 
+/// How long a closing session keeps reading (and discarding) after its last frame, so
+/// that unread client bytes do not make the kernel reset the connection before the
+/// client has read its answers and the close frame.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// What one connection holds between frames.
 struct Session {
     reader: FrameReader,
     outbox: Outbox,
-    /// Bytes of the batches being processed.
+    total_budget: TotalBudget,
+    /// A message read but not started: it waits for the in-flight byte budget.
+    pending: Option<Batch>,
+    /// Answers done but not yet queued for writing, in order, each with when it was
+    /// done; the first waits for room in the answer budgets.
+    done: VecDeque<(Answered, Instant)>,
+    /// Bytes of the batches being processed or answered but not yet queued.
     inflight_bytes: usize,
     max_inflight: usize,
     max_inflight_bytes: usize,
 }
 
+/// One message as it came off the socket.
+struct Batch {
+    kind: ContentKind,
+    payload: Bytes,
+    received: Instant,
+}
+
 /// A batch's answer, ready to write.
 struct Answered {
     frame: Bytes,
-    /// The batch's size, given back to the in-flight budget.
+    /// The batch's share of the in-flight budget, given back once the answer is queued.
     wire_bytes: usize,
 }
 
@@ -125,10 +155,26 @@ impl Session {
         Self {
             reader: FrameReader::new(limits.max_batch_bytes),
             outbox: Outbox::new(shared),
+            total_budget: TotalBudget::new(shared),
+            pending: None,
+            done: VecDeque::new(),
             inflight_bytes: 0,
             max_inflight: limits.max_inflight_batches_per_connection,
             max_inflight_bytes: limits.max_inflight_bytes_per_connection,
         }
+    }
+
+    /// A batch's share of the in-flight byte budget: a batch larger than the whole
+    /// budget takes all of it, and so goes through alone.
+    fn share(&self, batch: &Batch) -> usize {
+        batch.payload.len().min(self.max_inflight_bytes)
+    }
+
+    /// Whether the pending batch fits the in-flight byte budget now.
+    fn pending_fits(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|batch| self.inflight_bytes + self.share(batch) <= self.max_inflight_bytes)
     }
 
     async fn run(
@@ -142,10 +188,10 @@ impl Session {
         let settings = &shared.settings;
         let (mut read_half, mut write_half) = tokio::io::split(io);
         // Boxed: the set keeps a placeholder of its future type even when empty, and
-        // most connections are idle between batches.
+        // most connections are idle between batches. Always polled, so a batch runs to
+        // its end (and gives back what it holds of the gateway) even while its answer
+        // cannot be written.
         let mut batches: FuturesUnordered<BoxFuture<'_, Answered>> = FuturesUnordered::new();
-        // An answer that found no room yet, and since when.
-        let mut waiting: Option<(Answered, Instant)> = None;
         let mut ending: Option<(Ending, tokio::time::Instant)> = None;
         let mut last_heard = Instant::now();
         let mut ping = tokio::time::interval_at(
@@ -155,25 +201,29 @@ impl Session {
         let drain = settings.shutdown.drain_timeout;
         let write_timeout = settings.limits.write_timeout;
         let stop = |why: Ending| Some((why, tokio::time::Instant::now() + drain));
+        let now = || Some((Ending::Gone, tokio::time::Instant::now()));
         loop {
-            if let Some((Ending::NotReading | Ending::Gone, _)) = ending {
+            if let Some((Ending::NotReading | Ending::Stuck | Ending::Gone, _)) = ending {
                 break;
             }
-            if ending.is_some() && batches.is_empty() && waiting.is_none() {
+            if self.pending_fits() {
+                let batch = self.pending.take().expect("a pending batch");
+                self.inflight_bytes += self.share(&batch);
+                batches.push(answer(shared, identity, batch, event_results).boxed());
+            }
+            let in_flight = batches.len() + self.done.len() + usize::from(self.pending.is_some());
+            if ending.is_some() && in_flight == 0 {
                 break;
             }
-            let reading = ending.is_none()
-                && batches.len() < self.max_inflight
-                && self.inflight_bytes < self.max_inflight_bytes;
-            let room = waiting
-                .as_ref()
-                .is_some_and(|(answer, _)| self.outbox.has_room(answer.frame.len()));
-            let waiting_share = waiting
-                .as_ref()
-                .map_or(0, |(answer, _)| self.outbox.total_share(answer.frame.len()));
-            let waiting_until = waiting
-                .as_ref()
-                .map(|(_, since)| tokio::time::Instant::from_std(*since + write_timeout));
+            let reading =
+                ending.is_none() && self.pending.is_none() && in_flight < self.max_inflight;
+            let first_done = self
+                .done
+                .front()
+                .map(|(answer, since)| (answer.frame.len(), *since));
+            let room = first_done.is_some_and(|(size, _)| self.outbox.has_room(size));
+            let give_up_at =
+                first_done.map(|(_, since)| tokio::time::Instant::from_std(since + write_timeout));
             tokio::select! {
                 biased;
                 _ = shared.shutdown.cancelled(), if ending.is_none() => {
@@ -185,36 +235,35 @@ impl Session {
                         "replaced by a newer connection with the same identity".into(),
                     ));
                 }
-                written = poll_fn(|cx| self.outbox.poll_write(cx, Pin::new(&mut write_half))), if !self.outbox.is_empty() => {
+                written = poll_fn(|cx| self.outbox.poll_write(cx, Pin::new(&mut write_half))), if self.outbox.has_frames() => {
                     if let Err(error) = written {
-                        ending = Some((
-                            if error.kind() == io::ErrorKind::TimedOut { Ending::NotReading } else { Ending::Gone },
-                            tokio::time::Instant::now(),
-                        ));
+                        // The listener's socket wrapper fails a write that makes no
+                        // progress for `limits.writeTimeout` with TimedOut.
+                        ending = if error.kind() == io::ErrorKind::TimedOut {
+                            Some((Ending::Stuck, tokio::time::Instant::now()))
+                        } else {
+                            now()
+                        };
                     }
                 }
-                permit = shared.answer_budget.clone().acquire_many_owned(waiting_share), if room => {
-                    let (answer, _) = waiting.take().expect("an answer waits");
-                    self.inflight_bytes -= answer.wire_bytes;
-                    self.outbox.push_answer(answer.frame, permit.ok());
+                Some(answer) = batches.next(), if !batches.is_empty() => {
+                    self.done.push_back((answer, Instant::now()));
                 }
-                _ = tokio::time::sleep_until(waiting_until.unwrap_or_else(tokio::time::Instant::now)), if waiting_until.is_some() => {
+                permit = poll_fn(|cx| self.total_budget.poll_reserve(cx, first_done.map_or(0, |(size, _)| size))), if room => {
+                    let (answer, _) = self.done.pop_front().expect("an answer is done");
+                    self.inflight_bytes -= answer.wire_bytes;
+                    self.outbox.push_answer(answer.frame, permit);
+                }
+                _ = tokio::time::sleep_until(give_up_at.unwrap_or_else(tokio::time::Instant::now)), if give_up_at.is_some() => {
                     ending = Some((Ending::NotReading, tokio::time::Instant::now()));
                 }
-                Some(answer) = batches.next(), if waiting.is_none() && !batches.is_empty() => {
-                    let size = answer.frame.len();
-                    match self.outbox.try_reserve(size) {
-                        Some(permit) => {
-                            self.inflight_bytes -= answer.wire_bytes;
-                            self.outbox.push_answer(answer.frame, permit);
-                        }
-                        None => waiting = Some((answer, Instant::now())),
-                    }
-                }
                 _ = ping.tick(), if ending.is_none() => {
+                    if self.reader.take_progress() {
+                        last_heard = Instant::now();
+                    }
                     if last_heard.elapsed() >= settings.websocket.idle_timeout {
                         ending = stop(Ending::Close(close_code::AWAY, "idle timeout".into()));
-                    } else if self.outbox.is_empty() {
+                    } else if !self.outbox.has_frames() {
                         // A busy outbox will do as a liveness probe.
                         self.outbox.push_control(ws_wire::ping());
                     }
@@ -226,9 +275,7 @@ impl Session {
                         Ok(Incoming::Binary(payload)) => (ContentKind::Protobuf, payload),
                         Ok(Incoming::Text(payload)) => (ContentKind::Json, payload),
                         Ok(Incoming::Ping(payload)) => {
-                            if self.outbox.len() <= self.max_inflight {
-                                self.outbox.push_control(ws_wire::pong(&payload));
-                            }
+                            self.outbox.set_pong(ws_wire::pong(&payload));
                             continue;
                         }
                         Ok(Incoming::Pong) => continue,
@@ -241,15 +288,14 @@ impl Session {
                             continue;
                         }
                         Err(error) => {
-                            ending = stop(match error.close_code() {
-                                Some(code) => Ending::Close(code, error.to_string()),
-                                None => Ending::Gone,
-                            });
+                            ending = match error.close_code() {
+                                Some(code) => stop(Ending::Close(code, error.to_string())),
+                                None => now(),
+                            };
                             continue;
                         }
                     };
-                    self.inflight_bytes += payload.len().min(self.max_inflight_bytes);
-                    batches.push(answer(shared, identity, kind, payload, received, event_results).boxed());
+                    self.pending = Some(Batch { kind, payload, received });
                 }
                 _ = tokio::time::sleep_until(ending.as_ref().map_or_else(tokio::time::Instant::now, |(_, by)| *by)), if ending.is_some() => {
                     // Out of drain time: what is still in flight goes unanswered.
@@ -257,33 +303,45 @@ impl Session {
                 }
             }
         }
-        match ending {
-            Some((Ending::NotReading, _)) => {
+        // Batches still in flight are dropped here. Each enqueues its events to Kafka in
+        // one synchronous step, so none is cut halfway: what was enqueued is delivered,
+        // unanswered, as for any client that goes before its answer.
+        drop(batches);
+        let close = match ending {
+            Some((Ending::NotReading | Ending::Stuck, _)) => {
                 shared
                     .metrics
                     .connections_dropped
                     .with_label_values(&["http", "not_reading"])
                     .inc();
+                match ending {
+                    Some((Ending::NotReading, _)) => Some((
+                        close_code::POLICY,
+                        "the client does not read its answers".to_string(),
+                    )),
+                    _ => return,
+                }
             }
-            Some((Ending::Gone, _)) => {}
-            Some((Ending::Close(code, reason), _)) => {
-                self.outbox.push_control(ws_wire::close(code, &reason));
-                self.finish(&mut write_half, write_timeout).await;
-            }
-            Some((Ending::Quietly, _)) | None => {
-                self.finish(&mut write_half, write_timeout).await;
-            }
+            Some((Ending::Gone, _)) => return,
+            Some((Ending::Close(code, reason), _)) => Some((code, reason)),
+            Some((Ending::Quietly, _)) | None => None,
+        };
+        if let Some((code, reason)) = close {
+            self.outbox.push_control(ws_wire::close(code, &reason));
         }
-    }
-
-    /// Writes what is queued and closes the write side, within the write timeout.
-    async fn finish<W: AsyncWrite + Unpin>(&mut self, to: &mut W, write_timeout: Duration) {
         let outbox = &mut self.outbox;
-        let _ = tokio::time::timeout(write_timeout, async {
-            poll_fn(|cx| outbox.poll_write(cx, Pin::new(&mut *to))).await?;
-            to.shutdown().await
+        let finished = tokio::time::timeout(write_timeout, async {
+            poll_fn(|cx| outbox.poll_write(cx, Pin::new(&mut write_half))).await?;
+            write_half.shutdown().await
         })
         .await;
+        if matches!(finished, Ok(Ok(()))) {
+            let mut discard = [0u8; 512];
+            let _ = tokio::time::timeout(LINGER, async {
+                while read_half.read(&mut discard).await.is_ok_and(|n| n > 0) {}
+            })
+            .await;
+        }
     }
 }
 
@@ -291,13 +349,12 @@ impl Session {
 async fn answer(
     shared: &Shared,
     identity: &Identity,
-    kind: ContentKind,
-    payload: Bytes,
-    received: Instant,
+    batch: Batch,
     event_results: bool,
 ) -> Answered {
-    let wire_bytes = payload.len();
-    let (response, encoding) = process(shared, identity, kind, payload, received).await;
+    let wire_bytes = batch.payload.len();
+    let (response, encoding) =
+        process(shared, identity, batch.kind, batch.payload, batch.received).await;
     let encoding = encoding.with_event_results(event_results);
     let body = decode::encode_response(&response, encoding);
     let frame = match encoding {
@@ -349,18 +406,46 @@ async fn process(
 
 /// Frames waiting to be written, in order, and how far the first one is written. An
 /// answer holds its share of the connection's and the gateway-wide answer budgets until
-/// it is written; control frames (pings, pongs, the close) hold none.
+/// it is written; control frames (pings, pongs, the close) hold none. A pong waits in a
+/// slot of its own, the latest ping's (RFC 6455 §5.5.3 allows answering only that one),
+/// and goes out at the next frame boundary, ahead of queued answers.
 struct Outbox {
     /// Each frame with its share of the connection's budget and its permit of the
     /// gateway-wide one.
     frames: VecDeque<(Bytes, usize, Option<OwnedSemaphorePermit>)>,
+    pong: Option<Bytes>,
     /// Bytes of the first frame already written.
     written: usize,
     /// Answer bytes queued, against `connection_size`.
     queued: usize,
     connection_size: usize,
-    total: Arc<tokio::sync::Semaphore>,
-    total_size: usize,
+}
+
+/// The gateway-wide answer budget, as one connection waits on it: the wait keeps its
+/// place in the queue across polls while the same size is asked for (cancel-safe).
+struct TotalBudget {
+    semaphore: PollSemaphore,
+    size: usize,
+}
+
+impl TotalBudget {
+    fn new(shared: &Shared) -> Self {
+        Self {
+            semaphore: PollSemaphore::new(shared.answer_budget.clone()),
+            size: shared.settings.websocket.max_queued_answer_bytes_total,
+        }
+    }
+
+    /// Waits for the share of an answer of `bytes` (one larger than the whole budget
+    /// takes all of it).
+    fn poll_reserve(
+        &mut self,
+        cx: &mut Context<'_>,
+        bytes: usize,
+    ) -> Poll<Option<OwnedSemaphorePermit>> {
+        let share = u32::try_from(bytes.min(self.size)).unwrap_or(u32::MAX);
+        self.semaphore.poll_acquire_many(cx, share)
+    }
 }
 
 impl Outbox {
@@ -368,20 +453,15 @@ impl Outbox {
         let settings = &shared.settings.websocket;
         Self {
             frames: VecDeque::new(),
+            pong: None,
             written: 0,
             queued: 0,
             connection_size: settings.max_queued_answer_bytes,
-            total: shared.answer_budget.clone(),
-            total_size: settings.max_queued_answer_bytes_total,
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        self.frames.len()
+    fn has_frames(&self) -> bool {
+        !self.frames.is_empty() || self.pong.is_some()
     }
 
     /// An answer's share of the connection's budget (one larger than the whole budget
@@ -390,26 +470,9 @@ impl Outbox {
         bytes.min(self.connection_size)
     }
 
-    /// An answer's share of the gateway-wide budget.
-    fn total_share(&self, bytes: usize) -> u32 {
-        u32::try_from(bytes.min(self.total_size)).unwrap_or(u32::MAX)
-    }
-
     /// Whether the connection's budget has room for an answer of `bytes`.
     fn has_room(&self, bytes: usize) -> bool {
         self.queued + self.connection_share(bytes) <= self.connection_size
-    }
-
-    /// Room for an answer of `bytes` now, if both budgets have it.
-    fn try_reserve(&self, bytes: usize) -> Option<Option<OwnedSemaphorePermit>> {
-        if !self.has_room(bytes) {
-            return None;
-        }
-        self.total
-            .clone()
-            .try_acquire_many_owned(self.total_share(bytes))
-            .ok()
-            .map(Some)
     }
 
     fn push_answer(&mut self, frame: Bytes, permit: Option<OwnedSemaphorePermit>) {
@@ -422,19 +485,33 @@ impl Outbox {
         self.frames.push_back((frame, 0, None));
     }
 
+    /// Answers a ping, replacing an answer to an earlier one not yet written.
+    fn set_pong(&mut self, frame: Bytes) {
+        self.pong = Some(frame);
+    }
+
     /// Writes queued frames until none is left; cancel-safe (progress is kept here).
     fn poll_write<W: AsyncWrite + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         mut to: Pin<&mut W>,
     ) -> Poll<io::Result<()>> {
-        while let Some((frame, share, _)) = self.frames.front() {
+        loop {
+            if self.written == 0
+                && let Some(pong) = self.pong.take()
+            {
+                self.frames.push_front((pong, 0, None));
+            }
+            let Some((frame, share, _)) = self.frames.front() else {
+                break;
+            };
+            let (length, share) = (frame.len(), *share);
             let n = std::task::ready!(to.as_mut().poll_write(cx, &frame[self.written..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.written += n;
-            if self.written == frame.len() {
+            if self.written == length {
                 self.queued -= share;
                 self.frames.pop_front();
                 self.written = 0;

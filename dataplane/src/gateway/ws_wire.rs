@@ -11,9 +11,9 @@
 //! - [`FrameReader::poll_message`] is cancel-safe: every byte read is kept in the
 //!   reader, so a session may poll it in a `select!` beside its other work.
 //! - A message longer than the limit is refused from its header (or from the running
-//!   total of its fragments) before any of it is buffered; a buffer only grows as bytes
-//!   arrive, so a client that announces a large frame and sends it slowly holds only
-//!   what it sent.
+//!   total of its fragments) before any of it is buffered. A buffer grows with the bytes
+//!   that arrive (at most doubling what came), not to the length a header announces, so
+//!   a client that announces a large frame and sends it slowly holds about what it sent.
 //! - Client frames must be masked, use no reserved bits or opcodes (no extension is
 //!   negotiated), and control frames must be whole and at most 125 bytes; anything else
 //!   is a protocol error (close 1002). Text messages must be UTF-8 (1007), checked once
@@ -29,6 +29,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Close codes the gateway sends (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -174,6 +175,9 @@ impl FrameHeader {
     }
 }
 
+/// The first buffer of a frame whose bytes come in several reads; it doubles from here.
+const GROWTH_STEP: usize = 16 * 1024;
+
 /// Reads client messages from a stream, holding nothing between frames but the state
 /// of a fragmented message.
 #[derive(Debug)]
@@ -187,9 +191,11 @@ pub struct FrameReader {
     frame: Option<(FrameHeader, usize)>,
     /// The message being read: its first frame's opcode and its bytes so far.
     message: Option<u8>,
-    payload: BytesMut,
+    payload: Vec<u8>,
     /// The current control frame's payload.
-    control: BytesMut,
+    control: Vec<u8>,
+    /// Whether bytes arrived since [`Self::take_progress`] last asked.
+    progress: bool,
 }
 
 impl FrameReader {
@@ -201,9 +207,16 @@ impl FrameReader {
             head_read: 0,
             frame: None,
             message: None,
-            payload: BytesMut::new(),
-            control: BytesMut::new(),
+            payload: Vec::new(),
+            control: Vec::new(),
+            progress: false,
         }
+    }
+
+    /// Whether any bytes arrived since the last call: a message still coming in counts
+    /// as a live client.
+    pub fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progress)
     }
 
     /// Reads until a whole message (or a control frame) is in.
@@ -233,6 +246,7 @@ impl FrameReader {
                         });
                     }
                     self.head_read += n as u8;
+                    self.progress = true;
                     continue;
                 }
                 self.head_read = 0;
@@ -277,28 +291,33 @@ impl FrameReader {
             };
             let have = buffer.len() - start;
             if have < length {
-                // Room for this frame only, so a read never takes the next one's bytes;
-                // capacity is reserved once and filled as bytes arrive.
-                buffer.reserve(length - have);
+                // Room for this frame only, so a read never takes the next one's bytes.
+                // The buffer grows with what arrives (from GROWTH_STEP, at most doubling),
+                // not to the length a header announces; `Vec`'s own doubling keeps a
+                // message of many small fragments from being copied again and again.
+                if buffer.len() == buffer.capacity() {
+                    buffer.reserve((length - have).min(have.max(GROWTH_STEP)));
+                }
                 let mut limited = buffer.limit(length - have);
                 let n = ready!(tokio_util::io::poll_read_buf(io.as_mut(), cx, &mut limited))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()));
                 }
+                self.progress = true;
                 continue;
             }
             self.frame = None;
             if is_control {
                 let mut bytes = std::mem::take(&mut self.control);
                 unmask(&mut bytes, header.mask);
-                return Poll::Ready(control(header.opcode, bytes.freeze()));
+                return Poll::Ready(control(header.opcode, bytes.into()));
             }
             unmask(&mut self.payload[start..], header.mask);
             if !header.fin {
                 continue;
             }
             let opcode = self.message.take().expect("a data frame starts a message");
-            let message = std::mem::take(&mut self.payload).freeze();
+            let message = Bytes::from(std::mem::take(&mut self.payload));
             return Poll::Ready(if opcode == OP_TEXT {
                 match std::str::from_utf8(&message) {
                     Ok(_) => Ok(Incoming::Text(message)),
@@ -319,12 +338,16 @@ fn control(opcode: u8, payload: Bytes) -> Result<Incoming, WireError> {
             0 => Ok(Incoming::Close(None)),
             1 => Err(WireError::Protocol("close frame with a one-byte payload")),
             _ => {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                if !CloseCode::from(code).is_allowed() {
+                    return Err(WireError::Protocol(
+                        "close frame with a code not allowed on the wire",
+                    ));
+                }
                 if std::str::from_utf8(&payload[2..]).is_err() {
                     return Err(WireError::NotUtf8);
                 }
-                Ok(Incoming::Close(Some(u16::from_be_bytes([
-                    payload[0], payload[1],
-                ]))))
+                Ok(Incoming::Close(Some(code)))
             }
         },
     }

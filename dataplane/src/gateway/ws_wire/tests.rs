@@ -41,6 +41,8 @@ struct Chunked {
     at: usize,
     chunks: Vec<usize>,
     pending: bool,
+    /// At the end of its bytes, wait (a client that sends no more) rather than end.
+    hold_open: bool,
 }
 
 impl Chunked {
@@ -50,6 +52,7 @@ impl Chunked {
             at: 0,
             chunks,
             pending: false,
+            hold_open: false,
         }
     }
 }
@@ -60,6 +63,9 @@ impl AsyncRead for Chunked {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.hold_open && self.at == self.bytes.len() {
+            return Poll::Pending;
+        }
         if self.pending {
             self.pending = false;
             cx.waker().wake_by_ref();
@@ -305,5 +311,48 @@ proptest! {
         }
         let got = read_all(&mut FrameReader::new(1 << 16), &mut Chunked::new(bytes, chunks));
         prop_assert_eq!(got, expected);
+    }
+}
+
+#[test]
+fn a_large_announced_frame_holds_only_about_what_arrived() {
+    let frame = client_frame(BINARY, &vec![0; 4 << 20], true, MASK);
+    // The header (14 bytes) and one byte of payload, then nothing more for now.
+    let mut io = Chunked::new(frame[..15].to_vec(), vec![]);
+    io.hold_open = true;
+    let mut reader = FrameReader::new(8 << 20);
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for _ in 0..10 {
+        assert!(matches!(
+            reader.poll_message(&mut cx, Pin::new(&mut io)),
+            Poll::Pending
+        ));
+    }
+    assert_eq!(reader.payload.len(), 1);
+    assert!(
+        reader.payload.capacity() <= super::GROWTH_STEP,
+        "{}",
+        reader.payload.capacity()
+    );
+    assert!(reader.take_progress(), "bytes of a message count as life");
+    assert!(!reader.take_progress());
+}
+
+#[test]
+fn close_codes_not_allowed_on_the_wire_are_refused() {
+    for code in [999u16, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+        let got = read(client_frame(CLOSE, &code.to_be_bytes(), true, MASK), 100);
+        assert_eq!(
+            got,
+            vec![Err(
+                "close frame with a code not allowed on the wire".to_string()
+            )],
+            "code {code}"
+        );
+    }
+    for code in [1000u16, 1001, 1003, 1011, 3000, 4999] {
+        let got = read(client_frame(CLOSE, &code.to_be_bytes(), true, MASK), 100);
+        assert_eq!(got, vec![Ok(Incoming::Close(Some(code)))], "code {code}");
     }
 }
