@@ -12,6 +12,9 @@
 //!   for a request, which also closes idle keep-alive connections.
 //! - Accept errors (out of descriptors, for one) are logged and retried after a pause
 //!   that doubles up to a second, instead of spinning or stopping the port.
+//! - The HTTP port takes one new connection per turn of the scheduler, so the
+//!   handshakes of a connection storm interleave with the work of connections already
+//!   sending rather than queue ahead of it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -194,6 +197,10 @@ pub fn serve(
                     tracing::debug!(%error, "HTTP connection ended");
                 }
             });
+            // One new connection per turn of the scheduler: in a storm of thousands the
+            // handshakes are spread between the work of connections already sending,
+            // instead of a burst of them queued ahead of it.
+            tokio::task::yield_now().await;
         }
         drop(listener);
         graceful.shutdown().await;
