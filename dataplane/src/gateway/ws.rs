@@ -58,7 +58,8 @@ use super::decode::{self, ContentKind, Encoding};
 use super::identity::{ConnectionGuard, Identity};
 use super::ingest::Transport;
 use super::json::Dialect;
-use super::ws_wire::{self, FrameReader, Incoming, close_code};
+use super::ws_wire::{self, FrameReader, Incoming};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// The upgraded connection.
 pub type Connection = TokioIo<hyper::upgrade::Upgraded>;
@@ -70,8 +71,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn refuse(mut io: Connection, rejection: &Rejection) {
     let body = decode::encode_response(&rejection.response(""), Encoding::Protobuf);
     let refusal = async {
-        io.write_all(&ws_wire::binary(&body)).await?;
-        io.write_all(&ws_wire::close(close_code::POLICY, &rejection.to_string()))
+        io.write_all(&ws_wire::binary(body)).await?;
+        io.write_all(&ws_wire::close(CloseCode::Policy, &rejection.to_string()))
             .await?;
         io.shutdown().await
     };
@@ -81,7 +82,7 @@ pub async fn refuse(mut io: Connection, rejection: &Rejection) {
 /// Why a session stops reading, and the close frame it ends with.
 enum Ending {
     /// Answer what was accepted, then close with this code and reason.
-    Close(u16, String),
+    Close(CloseCode, String),
     /// Answer what was accepted, then end without a close frame (the client went).
     Quietly,
     /// An answer found no room in time: the client does not read. Close with 1008 now.
@@ -145,8 +146,9 @@ struct Batch {
 /// A batch's answer, ready to write.
 struct Answered {
     frame: Bytes,
-    /// The batch's share of the in-flight budget, given back once the answer is queued.
-    wire_bytes: usize,
+    /// The batch's share of the in-flight budget ([`Session::share`]), given back once
+    /// the answer is queued.
+    share: usize,
 }
 
 impl Session {
@@ -208,8 +210,9 @@ impl Session {
             }
             if self.pending_fits() {
                 let batch = self.pending.take().expect("a pending batch");
-                self.inflight_bytes += self.share(&batch);
-                batches.push(answer(shared, identity, batch, event_results).boxed());
+                let share = self.share(&batch);
+                self.inflight_bytes += share;
+                batches.push(answer(shared, identity, batch, share, event_results).boxed());
             }
             let in_flight = batches.len() + self.done.len() + usize::from(self.pending.is_some());
             if ending.is_some() && in_flight == 0 {
@@ -227,11 +230,11 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = shared.shutdown.cancelled(), if ending.is_none() => {
-                    ending = stop(Ending::Close(close_code::AWAY, "server shutting down".into()));
+                    ending = stop(Ending::Close(CloseCode::Away, "server shutting down".into()));
                 }
                 _ = guard.kicked.cancelled(), if ending.is_none() => {
                     ending = stop(Ending::Close(
-                        close_code::POLICY,
+                        CloseCode::Policy,
                         "replaced by a newer connection with the same identity".into(),
                     ));
                 }
@@ -251,7 +254,7 @@ impl Session {
                 }
                 permit = poll_fn(|cx| self.total_budget.poll_reserve(cx, first_done.map_or(0, |(size, _)| size))), if room => {
                     let (answer, _) = self.done.pop_front().expect("an answer is done");
-                    self.inflight_bytes -= answer.wire_bytes;
+                    self.inflight_bytes -= answer.share;
                     self.outbox.push_answer(answer.frame, permit);
                 }
                 _ = tokio::time::sleep_until(give_up_at.unwrap_or_else(tokio::time::Instant::now)), if give_up_at.is_some() => {
@@ -262,7 +265,7 @@ impl Session {
                         last_heard = Instant::now();
                     }
                     if last_heard.elapsed() >= settings.websocket.idle_timeout {
-                        ending = stop(Ending::Close(close_code::AWAY, "idle timeout".into()));
+                        ending = stop(Ending::Close(CloseCode::Away, "idle timeout".into()));
                     } else if !self.outbox.has_frames() {
                         // A busy outbox will do as a liveness probe.
                         self.outbox.push_control(ws_wire::ping());
@@ -275,12 +278,12 @@ impl Session {
                         Ok(Incoming::Binary(payload)) => (ContentKind::Protobuf, payload),
                         Ok(Incoming::Text(payload)) => (ContentKind::Json, payload),
                         Ok(Incoming::Ping(payload)) => {
-                            self.outbox.set_pong(ws_wire::pong(&payload));
+                            self.outbox.set_pong(ws_wire::pong(payload));
                             continue;
                         }
                         Ok(Incoming::Pong) => continue,
                         Ok(Incoming::Close(_)) => {
-                            ending = stop(Ending::Close(1000, String::new()));
+                            ending = stop(Ending::Close(CloseCode::Normal, String::new()));
                             continue;
                         }
                         Ok(Incoming::End) => {
@@ -316,7 +319,7 @@ impl Session {
                     .inc();
                 match ending {
                     Some((Ending::NotReading, _)) => Some((
-                        close_code::POLICY,
+                        CloseCode::Policy,
                         "the client does not read its answers".to_string(),
                     )),
                     _ => return,
@@ -345,26 +348,23 @@ impl Session {
     }
 }
 
-/// Processes one batch and builds its answer frame.
+/// Processes one batch and builds its answer frame; `share` travels with it.
 async fn answer(
     shared: &Shared,
     identity: &Identity,
     batch: Batch,
+    share: usize,
     event_results: bool,
 ) -> Answered {
-    let wire_bytes = batch.payload.len();
     let (response, encoding) =
         process(shared, identity, batch.kind, batch.payload, batch.received).await;
     let encoding = encoding.with_event_results(event_results);
     let body = decode::encode_response(&response, encoding);
     let frame = match encoding {
-        Encoding::Protobuf => ws_wire::binary(&body),
-        Encoding::Json(_) => ws_wire::text(&body),
+        Encoding::Protobuf => ws_wire::binary(body),
+        Encoding::Json(_) => ws_wire::text(body),
     };
-    Answered {
-        frame,
-        wire_bytes: wire_bytes.min(shared.settings.limits.max_inflight_bytes_per_connection),
-    }
+    Answered { frame, share }
 }
 
 async fn process(

@@ -27,30 +27,10 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-/// Close codes the gateway sends (RFC 6455 §7.4.1).
-pub mod close_code {
-    /// The server is going away (shutdown, idle timeout).
-    pub const AWAY: u16 = 1001;
-    /// A protocol violation.
-    pub const PROTOCOL: u16 = 1002;
-    /// Data inconsistent with the message type (a text message that is not UTF-8).
-    pub const INVALID: u16 = 1007;
-    /// A policy violation (refused, replaced, not reading).
-    pub const POLICY: u16 = 1008;
-    /// A message too big to process.
-    pub const SIZE: u16 = 1009;
-}
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
 
 /// Longest payload of a control frame.
 const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -94,85 +74,62 @@ pub enum WireError {
 
 impl WireError {
     /// The close code that answers the error; `None` when the connection is gone.
-    pub fn close_code(&self) -> Option<u16> {
+    pub fn close_code(&self) -> Option<CloseCode> {
         match self {
-            Self::TooLarge { .. } => Some(close_code::SIZE),
-            Self::NotUtf8 => Some(close_code::INVALID),
-            Self::Protocol(_) => Some(close_code::PROTOCOL),
+            Self::TooLarge { .. } => Some(CloseCode::Size),
+            Self::NotUtf8 => Some(CloseCode::Invalid),
+            Self::Protocol(_) => Some(CloseCode::Protocol),
             Self::Io(_) => None,
         }
     }
 }
 
-/// A frame header as read from the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FrameHeader {
-    fin: bool,
-    opcode: u8,
-    mask: [u8; 4],
-    length: u64,
+/// A frame header's length in bytes, known from its first two bytes.
+fn header_size(first_two: [u8; 2]) -> usize {
+    let extended = match first_two[1] & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let mask = if first_two[1] & 0x80 != 0 { 4 } else { 0 };
+    2 + extended + mask
 }
 
-impl FrameHeader {
-    /// The header's length in bytes, known from its first two bytes.
-    fn size(first_two: [u8; 2]) -> usize {
-        let extended = match first_two[1] & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let mask = if first_two[1] & 0x80 != 0 { 4 } else { 0 };
-        2 + extended + mask
+/// Parses a whole header (tungstenite's parser, on exactly `header_size` bytes) and
+/// checks what can be checked of a client frame from its header alone.
+fn parse_header(bytes: &[u8]) -> Result<(FrameHeader, u64), WireError> {
+    let (header, length) = match FrameHeader::parse(&mut io::Cursor::new(bytes)) {
+        Ok(Some(parsed)) => parsed,
+        // Its only refusal of a whole header.
+        Err(_) => return Err(WireError::Protocol("reserved opcode")),
+        Ok(None) => return Err(WireError::Protocol("incomplete frame header")),
+    };
+    if header.rsv1 || header.rsv2 || header.rsv3 {
+        return Err(WireError::Protocol(
+            "reserved bits set without an extension",
+        ));
     }
+    if header.mask.is_none() {
+        return Err(WireError::Protocol("client frame is not masked"));
+    }
+    if let OpCode::Control(_) = header.opcode {
+        if !header.is_final {
+            return Err(WireError::Protocol("fragmented control frame"));
+        }
+        if length > MAX_CONTROL_PAYLOAD as u64 {
+            return Err(WireError::Protocol("control frame longer than 125 bytes"));
+        }
+    }
+    Ok((header, length))
+}
 
-    /// Parses a whole header (`bytes.len() == Self::size(..)`) and checks what can be
-    /// checked of a frame from its header alone.
-    fn parse(bytes: &[u8]) -> Result<Self, WireError> {
-        let (b0, b1) = (bytes[0], bytes[1]);
-        if b0 & 0x70 != 0 {
-            return Err(WireError::Protocol(
-                "reserved bits set without an extension",
-            ));
-        }
-        if b1 & 0x80 == 0 {
-            return Err(WireError::Protocol("client frame is not masked"));
-        }
-        let fin = b0 & 0x80 != 0;
-        let opcode = b0 & 0x0f;
-        let (length, rest) = match b1 & 0x7f {
-            126 => (
-                u64::from(u16::from_be_bytes([bytes[2], bytes[3]])),
-                &bytes[4..],
-            ),
-            127 => {
-                let length = u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
-                if length >> 63 != 0 {
-                    return Err(WireError::Protocol("frame length has its top bit set"));
-                }
-                (length, &bytes[10..])
-            }
-            short => (u64::from(short), &bytes[2..]),
-        };
-        let mask = rest[..4].try_into().expect("4 mask bytes");
-        match opcode {
-            OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
-            OP_CLOSE | OP_PING | OP_PONG => {
-                if !fin {
-                    return Err(WireError::Protocol("fragmented control frame"));
-                }
-                if length > MAX_CONTROL_PAYLOAD as u64 {
-                    return Err(WireError::Protocol("control frame longer than 125 bytes"));
-                }
-            }
-            _ => return Err(WireError::Protocol("reserved opcode")),
-        }
-        Ok(Self {
-            fin,
-            opcode,
-            mask,
-            length,
-        })
-    }
+/// The frame being read: its header, its payload length, and where its payload starts
+/// in the message buffer.
+#[derive(Debug)]
+struct CurrentFrame {
+    header: FrameHeader,
+    length: usize,
+    start: usize,
 }
 
 /// The first buffer of a frame whose bytes come in several reads; it doubles from here.
@@ -186,11 +143,11 @@ pub struct FrameReader {
     /// The current frame's header bytes read so far.
     head: [u8; 14],
     head_read: u8,
-    /// The current frame, once its header is read: the header and where its payload
-    /// starts in `payload`.
-    frame: Option<(FrameHeader, usize)>,
-    /// The message being read: its first frame's opcode and its bytes so far.
-    message: Option<u8>,
+    /// The current frame, once its header is read.
+    frame: Option<CurrentFrame>,
+    /// The message being read: its first frame's kind and (in `payload`) its bytes so
+    /// far.
+    message: Option<Data>,
     payload: Vec<u8>,
     /// The current control frame's payload.
     control: Vec<u8>,
@@ -226,13 +183,13 @@ impl FrameReader {
         mut io: Pin<&mut R>,
     ) -> Poll<Result<Incoming, WireError>> {
         loop {
-            let Some((header, start)) = self.frame else {
+            let Some(frame) = &self.frame else {
                 // The header: two bytes, then the rest they announce; never more.
                 let have = usize::from(self.head_read);
                 let want = if have < 2 {
                     2
                 } else {
-                    FrameHeader::size([self.head[0], self.head[1]])
+                    header_size([self.head[0], self.head[1]])
                 };
                 if have < want {
                     let mut buf = ReadBuf::new(&mut self.head[have..want]);
@@ -250,38 +207,50 @@ impl FrameReader {
                     continue;
                 }
                 self.head_read = 0;
-                let header = FrameHeader::parse(&self.head[..want])?;
-                let is_control = header.opcode >= OP_CLOSE;
-                let start = if is_control { 0 } else { self.payload.len() };
-                match (header.opcode, self.message) {
-                    (OP_CONTINUATION, None) => {
-                        return Poll::Ready(Err(WireError::Protocol(
-                            "continuation frame without a message",
-                        )));
+                let (header, length) = parse_header(&self.head[..want])?;
+                let start = match header.opcode {
+                    OpCode::Control(_) => 0,
+                    OpCode::Data(kind) => {
+                        match (kind, self.message) {
+                            (Data::Continue, None) => {
+                                return Poll::Ready(Err(WireError::Protocol(
+                                    "continuation frame without a message",
+                                )));
+                            }
+                            // Reserved data opcodes are refused with the header.
+                            (Data::Text | Data::Binary | Data::Reserved(_), Some(_)) => {
+                                return Poll::Ready(Err(WireError::Protocol(
+                                    "new message inside a fragmented one",
+                                )));
+                            }
+                            (Data::Continue, Some(_)) => {}
+                            (first, None) => self.message = Some(first),
+                        }
+                        let start = self.payload.len();
+                        if (start as u64).saturating_add(length) > self.max_message as u64 {
+                            return Poll::Ready(Err(WireError::TooLarge {
+                                limit: self.max_message,
+                            }));
+                        }
+                        start
                     }
-                    (OP_TEXT | OP_BINARY, Some(_)) => {
-                        return Poll::Ready(Err(WireError::Protocol(
-                            "new message inside a fragmented one",
-                        )));
-                    }
-                    _ => {}
-                }
-                if !is_control {
-                    let total = (start as u64).saturating_add(header.length);
-                    if total > self.max_message as u64 {
-                        return Poll::Ready(Err(WireError::TooLarge {
-                            limit: self.max_message,
-                        }));
-                    }
-                    if self.message.is_none() {
-                        self.message = Some(header.opcode);
-                    }
-                }
-                self.frame = Some((header, start));
+                };
+                // At most `max_message` (or 125 for control frames): fits a usize.
+                let length = length as usize;
+                self.frame = Some(CurrentFrame {
+                    header,
+                    length,
+                    start,
+                });
                 continue;
             };
-            let is_control = header.opcode >= OP_CLOSE;
-            let length = header.length as usize;
+            let (start, length) = (frame.start, frame.length);
+            let mask = frame.header.mask.expect("client frames are masked");
+            let (control, is_final) = match frame.header.opcode {
+                OpCode::Control(kind) => (Some(kind), true),
+                OpCode::Data(_) => (None, frame.header.is_final),
+            };
+            let is_control = control.is_some();
             // Control frames may come between the fragments of a message: their few
             // bytes go to a buffer of their own.
             let buffer = if is_control {
@@ -307,18 +276,18 @@ impl FrameReader {
                 continue;
             }
             self.frame = None;
-            if is_control {
+            if let Some(kind) = control {
                 let mut bytes = std::mem::take(&mut self.control);
-                unmask(&mut bytes, header.mask);
-                return Poll::Ready(control(header.opcode, bytes.into()));
+                unmask(&mut bytes, mask);
+                return Poll::Ready(control_message(kind, bytes.into()));
             }
-            unmask(&mut self.payload[start..], header.mask);
-            if !header.fin {
+            unmask(&mut self.payload[start..], mask);
+            if !is_final {
                 continue;
             }
-            let opcode = self.message.take().expect("a data frame starts a message");
+            let kind = self.message.take().expect("a data frame starts a message");
             let message = Bytes::from(std::mem::take(&mut self.payload));
-            return Poll::Ready(if opcode == OP_TEXT {
+            return Poll::Ready(if kind == Data::Text {
                 match std::str::from_utf8(&message) {
                     Ok(_) => Ok(Incoming::Text(message)),
                     Err(_) => Err(WireError::NotUtf8),
@@ -330,11 +299,12 @@ impl FrameReader {
     }
 }
 
-fn control(opcode: u8, payload: Bytes) -> Result<Incoming, WireError> {
-    match opcode {
-        OP_PING => Ok(Incoming::Ping(payload)),
-        OP_PONG => Ok(Incoming::Pong),
-        _ => match payload.len() {
+fn control_message(kind: Control, payload: Bytes) -> Result<Incoming, WireError> {
+    match kind {
+        Control::Ping => Ok(Incoming::Ping(payload)),
+        Control::Pong => Ok(Incoming::Pong),
+        // Reserved control opcodes are refused with the header.
+        Control::Close | Control::Reserved(_) => match payload.len() {
             0 => Ok(Incoming::Close(None)),
             1 => Err(WireError::Protocol("close frame with a one-byte payload")),
             _ => {
@@ -353,64 +323,59 @@ fn control(opcode: u8, payload: Bytes) -> Result<Incoming, WireError> {
     }
 }
 
-/// Undoes the client's masking (XOR with the 4-byte key, RFC 6455 §5.3).
+/// Undoes the client's masking (XOR with the 4-byte key, RFC 6455 §5.3), four bytes
+/// at a time so that the compiler can vectorize it: it runs over every batch's bytes.
 fn unmask(bytes: &mut [u8], mask: [u8; 4]) {
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte ^= mask[i & 3];
+    let mut words = bytes.chunks_exact_mut(4);
+    for word in &mut words {
+        for (byte, key) in word.iter_mut().zip(mask) {
+            *byte ^= key;
+        }
+    }
+    for (byte, key) in words.into_remainder().iter_mut().zip(mask) {
+        *byte ^= key;
     }
 }
 
-/// A whole server frame (unmasked, final): header and payload in one buffer, so it
-/// goes out in one write.
-fn frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let length = payload.len();
-    let mut out = BytesMut::with_capacity(10 + length);
-    out.put_u8(0x80 | opcode);
-    if length < 126 {
-        out.put_u8(length as u8);
-    } else if let Ok(short) = u16::try_from(length) {
-        out.put_u8(126);
-        out.put_u16(short);
-    } else {
-        out.put_u8(127);
-        out.put_u64(length as u64);
-    }
-    out.put_slice(payload);
-    out.freeze()
+/// A whole server frame (unmasked) in one buffer, so that it goes out in one write.
+fn encode(frame: Frame) -> Bytes {
+    let mut out = Vec::with_capacity(frame.len());
+    frame.format(&mut out).expect("writing to a Vec");
+    out.into()
 }
 
 /// A binary message.
-pub fn binary(payload: &[u8]) -> Bytes {
-    frame(OP_BINARY, payload)
+pub fn binary(payload: impl Into<Bytes>) -> Bytes {
+    encode(Frame::message(payload, OpCode::Data(Data::Binary), true))
 }
 
 /// A text message (`payload` is UTF-8).
-pub fn text(payload: &[u8]) -> Bytes {
-    frame(OP_TEXT, payload)
+pub fn text(payload: impl Into<Bytes>) -> Bytes {
+    encode(Frame::message(payload, OpCode::Data(Data::Text), true))
 }
 
 /// A ping with no payload.
 pub fn ping() -> Bytes {
-    frame(OP_PING, &[])
+    encode(Frame::ping(Bytes::new()))
 }
 
 /// The answer to a ping.
-pub fn pong(payload: &[u8]) -> Bytes {
-    frame(OP_PONG, payload)
+pub fn pong(payload: Bytes) -> Bytes {
+    encode(Frame::pong(payload))
 }
 
 /// A close frame; the reason is cut to fit a control frame, at a character boundary.
-pub fn close(code: u16, reason: &str) -> Bytes {
+pub fn close(code: CloseCode, reason: &str) -> Bytes {
     let reason = super::ack::truncate(reason, MAX_CONTROL_PAYLOAD - 2);
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(reason.as_bytes());
-    frame(OP_CLOSE, &payload)
+    encode(Frame::close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })))
 }
 
 /// A WebSocket opening handshake over HTTP/1.1 (RFC 6455 §4.2), taken from the request
-/// as axum's extractor checks it; answer it with [`Handshake::accept`] and read the
-/// connection from [`Handshake::upgraded`].
+/// as axum's extractor checks it; [`Handshake::accept`] gives the answer and the
+/// connection once hyper hands it over.
 pub struct Handshake {
     key: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader as TFrameHeader};
 
 use super::*;
@@ -192,7 +192,7 @@ fn protocol_violations_are_named() {
         assert_eq!(got, vec![Err(expected.to_string())]);
         assert_eq!(
             WireError::Protocol("x").close_code(),
-            Some(close_code::PROTOCOL)
+            Some(CloseCode::Protocol)
         );
     }
 }
@@ -201,7 +201,7 @@ fn protocol_violations_are_named() {
 fn text_must_be_utf8_and_an_end_inside_a_frame_is_an_error() {
     let got = read(client_frame(TEXT, &[0xff, 0xfe], true, MASK), 100);
     assert_eq!(got, vec![Err("text frame is not UTF-8".to_string())]);
-    assert_eq!(WireError::NotUtf8.close_code(), Some(close_code::INVALID));
+    assert_eq!(WireError::NotUtf8.close_code(), Some(CloseCode::Invalid));
     let frame = client_frame(BINARY, b"abcdef", true, MASK);
     let got = read(frame[..frame.len() - 2].to_vec(), 100);
     assert_eq!(got.len(), 1);
@@ -236,12 +236,12 @@ fn reads_stop_at_the_end_of_the_frame() {
 #[test]
 fn server_frames_are_read_back_by_tungstenite() {
     use tokio_tungstenite::tungstenite::protocol::frame::FrameSocket;
-    let mut bytes = binary(&[7; 300]).to_vec();
-    bytes.extend_from_slice(&text("hé".as_bytes()));
+    let mut bytes = binary(vec![7; 300]).to_vec();
+    bytes.extend_from_slice(&text("hé"));
     bytes.extend_from_slice(&ping());
-    bytes.extend_from_slice(&pong(b"x"));
-    bytes.extend_from_slice(&binary(&[1; 70_000]));
-    bytes.extend_from_slice(&close(1008, &"é".repeat(100)));
+    bytes.extend_from_slice(&pong(Bytes::from_static(b"x")));
+    bytes.extend_from_slice(&binary(vec![1; 70_000]));
+    bytes.extend_from_slice(&close(CloseCode::Policy, &"é".repeat(100)));
     let mut socket = FrameSocket::new(io::Cursor::new(bytes));
     let mut frames = Vec::new();
     while let Some(frame) = socket.read(None).unwrap() {
