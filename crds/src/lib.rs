@@ -8,6 +8,7 @@
 //! routing table. Nothing here does network I/O, so the operator links none of the
 //! data plane's dependencies.
 
+pub mod auth;
 pub mod byte_size;
 pub mod config;
 pub mod kafka_names;

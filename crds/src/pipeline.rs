@@ -11,6 +11,8 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::{AuthSpec, JwtSpec, QuotaSpec, TenantsSpec, TlsSpec};
+
 /// What an ingest pipeline does with events: where they come in, how they are routed,
 /// and which Kafka cluster receives them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -37,8 +39,10 @@ pub struct PipelineSpec {
     pub limits: LimitsSpec,
     /// How a connection is identified.
     pub identity: IdentitySpec,
-    /// Optional bearer-token authentication.
+    /// Credentials: static tokens, API keys and JWTs. Off while none is configured.
     pub auth: AuthSpec,
+    /// Quotas of tenants and API keys.
+    pub tenants: TenantsSpec,
     /// Cross-origin requests from browsers.
     pub cors: CorsSpec,
     /// WebSocket connection behaviour.
@@ -57,6 +61,8 @@ pub struct ListenSpec {
     pub grpc: String,
     /// Prometheus `/metrics`, `/healthz` and `/readyz`.
     pub metrics: String,
+    /// TLS on the HTTP and gRPC listeners.
+    pub tls: TlsSpec,
 }
 
 impl Default for ListenSpec {
@@ -65,6 +71,7 @@ impl Default for ListenSpec {
             http: "0.0.0.0:8080".into(),
             grpc: "0.0.0.0:8081".into(),
             metrics: "0.0.0.0:9090".into(),
+            tls: TlsSpec::default(),
         }
     }
 }
@@ -185,7 +192,8 @@ pub struct RoutingSpec {
     /// Rules tried in order; the first that matches the event type picks the topic.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RouteRule>,
-    /// Topic for types no rule matches: `%s` is replaced by the event type.
+    /// Topic for types no rule matches: `%s` is replaced by the event type and `%t` by
+    /// the sender's tenant (`%t.clickstream-%s-log`; `%t` must come first, then `.`).
     pub default_pattern: String,
     /// What to do with an event whose type no rule matches.
     pub unmatched: UnmatchedPolicy,
@@ -232,8 +240,14 @@ pub struct RouteRule {
     /// Matches event types against a glob (`*`, `?`, `[abc]`, `{a,b}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub glob: Option<String>,
-    /// Destination topic; `%s` is replaced by the event type.
+    /// Destination topic; `%s` is replaced by the event type and `%t` by the sender's
+    /// tenant (`%t` must come before `%s`, followed by `.`).
     pub topic: String,
+    /// Tenants this rule applies to; empty: every sender. Events of other tenants go
+    /// on to the next rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub tenants: Vec<String>,
 }
 
 /// Policy for event types that no rule matches.
@@ -392,30 +406,6 @@ pub enum DuplicatePolicy {
     Replace,
     /// Accept both.
     Allow,
-}
-
-/// Bearer-token authentication. Disabled while no token is configured.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct AuthSpec {
-    /// Header carrying the token, as `Bearer <token>` or the bare token.
-    pub header: String,
-    /// Accepted tokens. Prefer `tokensFile` so tokens stay out of the spec.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tokens: Vec<String>,
-    /// File with one accepted token per line (for example a mounted Secret).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tokens_file: Option<String>,
-}
-
-impl Default for AuthSpec {
-    fn default() -> Self {
-        Self {
-            header: "Authorization".into(),
-            tokens: Vec::new(),
-            tokens_file: None,
-        }
-    }
 }
 
 /// Cross-origin resource sharing for browser clients of the HTTP endpoint.

@@ -1,9 +1,16 @@
-//! Routing: an event's type selects its Kafka topic.
+//! Routing: an event's type (and its sender's tenant) selects its Kafka topic.
 //!
 //! [`RoutingTable`] is pure: compiled once from a [`RoutingSpec`] (compiling validates
 //! every rule and pattern), then asked for routes. Rules are tried in order and the first
 //! match wins; types no rule matches and types that cannot form a legal topic name follow
-//! the spec's policies. Results are memoised per type, as types are few and events many.
+//! the spec's policies. Results are memoised per (tenant, type), as both are few and
+//! events many.
+//!
+//! Tenant isolation: a rule with `tenants` matches only those tenants' events, and `%t`
+//! puts the sender's tenant first in the topic, followed by `.`. Tenant ids cannot
+//! contain `.` ([`crate::auth::check_tenant_id`]), so whatever the event type, a topic
+//! made from a `%t` pattern for tenant A is never one made for tenant B. A pattern with
+//! `%t` refuses events of senders without a tenant.
 //! The gateway's router holds the current table and swaps in a new one when the routing
 //! file changes.
 
@@ -56,6 +63,8 @@ enum Matcher {
 struct Rule {
     matcher: Matcher,
     pattern: String,
+    /// Tenants the rule applies to; empty: all senders.
+    tenants: Vec<String>,
 }
 
 /// A compiled routing table.
@@ -66,20 +75,59 @@ pub struct RoutingTable {
     unmatched: UnmatchedPolicy,
     invalid: InvalidPolicy,
     dead_letter_topic: Option<Arc<str>>,
-    cache: RwLock<HashMap<Box<str>, Route>>,
+    cache: RwLock<RouteCache>,
 }
 
-/// Substitutes the first `%s` of a pattern, as Raccoon does.
-fn apply(pattern: &str, event_type: &str) -> String {
-    pattern.replacen("%s", event_type, 1)
+/// Memoised routes by tenant (`""`: none), then event type.
+#[derive(Debug, Default)]
+struct RouteCache {
+    by_tenant: HashMap<Box<str>, HashMap<Box<str>, Route>>,
+    len: usize,
+}
+
+/// Substitutes the tenant for `%t` and then the first `%s` by the event type, as Raccoon
+/// does; `None` when the pattern needs a tenant and there is none.
+fn apply(pattern: &str, tenant: Option<&str>, event_type: &str) -> Option<String> {
+    let pattern = match (pattern.contains(TENANT), tenant) {
+        (false, _) => std::borrow::Cow::Borrowed(pattern),
+        (true, Some(tenant)) => std::borrow::Cow::Owned(pattern.replacen(TENANT, tenant, 1)),
+        (true, None) => return None,
+    };
+    Some(pattern.replacen("%s", event_type, 1))
+}
+
+/// The tenant placeholder of topic patterns.
+const TENANT: &str = "%t";
+
+/// A pattern's `%t`, if any, is alone, before `%s`, and followed by `.`.
+fn check_tenant_placeholder(pattern: &str) -> Result<(), String> {
+    let Some(at) = pattern.find(TENANT) else {
+        return Ok(());
+    };
+    if pattern.matches(TENANT).count() > 1 {
+        return Err(format!("{pattern:?} has %t more than once"));
+    }
+    if pattern.find("%s").is_some_and(|s| s < at) {
+        return Err(format!(
+            "{pattern:?} has %s before %t; put the tenant first so tenants' topics cannot collide"
+        ));
+    }
+    if !pattern[at + TENANT.len()..].starts_with('.') {
+        return Err(format!(
+            "{pattern:?} must have '.' right after %t (tenant ids cannot contain '.', which keeps tenants' topics apart)"
+        ));
+    }
+    Ok(())
 }
 
 impl RoutingTable {
     /// Compiles a spec, checking every rule, pattern and policy.
     pub fn compile(spec: &RoutingSpec) -> Result<Self, RoutingError> {
         let check_pattern = |field: String, pattern: &str| {
-            // A sample type stands in for `%s`: the rest of the pattern must be legal.
-            check_topic_name(&apply(pattern, "t")).map_err(|m| routing_error(field, m))
+            check_tenant_placeholder(pattern).map_err(|m| routing_error(field.clone(), m))?;
+            // Samples stand in for `%t` and `%s`: the rest of the pattern must be legal.
+            let sample = apply(pattern, Some("t"), "t").expect("a tenant is given");
+            check_topic_name(&sample).map_err(|m| routing_error(field, m))
         };
         let mut rules = Vec::with_capacity(spec.rules.len());
         for (i, rule) in spec.rules.iter().enumerate() {
@@ -100,9 +148,14 @@ impl RoutingTable {
                 }
             };
             check_pattern(format!("{field}.topic"), &rule.topic)?;
+            for (j, tenant) in rule.tenants.iter().enumerate() {
+                crate::auth::check_tenant_id(tenant)
+                    .map_err(|m| routing_error(format!("{field}.tenants[{j}]"), m))?;
+            }
             rules.push(Rule {
                 matcher,
                 pattern: rule.topic.clone(),
+                tenants: rule.tenants.clone(),
             });
         }
         check_pattern("routing.defaultPattern".into(), &spec.default_pattern)?;
@@ -127,25 +180,47 @@ impl RoutingTable {
             unmatched: spec.unmatched,
             invalid: spec.invalid,
             dead_letter_topic,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(RouteCache::default()),
         })
     }
 
-    /// The route for an event type, memoised.
-    pub fn route(&self, event_type: &str) -> Route {
-        if let Some(route) = self.cache.read().expect("cache lock").get(event_type) {
+    /// Whether any pattern uses the sender's tenant.
+    pub fn uses_tenant(&self) -> bool {
+        self.default_pattern.contains(TENANT)
+            || self
+                .rules
+                .iter()
+                .any(|r| r.pattern.contains(TENANT) || !r.tenants.is_empty())
+    }
+
+    /// The route for an event of `tenant` (`None`: a sender without one), memoised.
+    pub fn route(&self, tenant: Option<&str>, event_type: &str) -> Route {
+        let tenant_key = tenant.unwrap_or("");
+        if let Some(route) = self
+            .cache
+            .read()
+            .expect("cache lock")
+            .by_tenant
+            .get(tenant_key)
+            .and_then(|types| types.get(event_type))
+        {
             return route.clone();
         }
-        let route = self.resolve(event_type);
+        let route = self.resolve(tenant, event_type);
         let mut cache = self.cache.write().expect("cache lock");
-        if cache.len() < CACHE_LIMIT {
-            cache.insert(event_type.into(), route.clone());
+        if cache.len < CACHE_LIMIT {
+            let previous = cache
+                .by_tenant
+                .entry(tenant_key.into())
+                .or_default()
+                .insert(event_type.into(), route.clone());
+            cache.len += usize::from(previous.is_none());
         }
         route
     }
 
-    /// The route for an event type, computed.
-    pub fn resolve(&self, event_type: &str) -> Route {
+    /// The route for an event of `tenant`, computed.
+    pub fn resolve(&self, tenant: Option<&str>, event_type: &str) -> Route {
         let invalid = |reason: String| match (self.invalid, &self.dead_letter_topic) {
             (InvalidPolicy::DeadLetter, Some(topic)) => Route::DeadLetter {
                 topic: topic.clone(),
@@ -161,10 +236,15 @@ impl RoutingTable {
                 "event type {event_type:?} contains {c:?}; only letters, digits, '.', '_' and '-' can form a topic name"
             ));
         }
-        let matched = self.rules.iter().find(|rule| match &rule.matcher {
-            Matcher::Exact(t) => t == event_type,
-            Matcher::Prefix(p) => event_type.starts_with(p.as_str()),
-            Matcher::Glob(g) => g.is_match(event_type),
+        let matched = self.rules.iter().find(|rule| {
+            let for_sender = rule.tenants.is_empty()
+                || tenant.is_some_and(|t| rule.tenants.iter().any(|r| r == t));
+            for_sender
+                && match &rule.matcher {
+                    Matcher::Exact(t) => t == event_type,
+                    Matcher::Prefix(p) => event_type.starts_with(p.as_str()),
+                    Matcher::Glob(g) => g.is_match(event_type),
+                }
         });
         let pattern = match (matched, self.unmatched, &self.dead_letter_topic) {
             (Some(rule), _, _) => &rule.pattern,
@@ -181,7 +261,14 @@ impl RoutingTable {
                 );
             }
         };
-        let topic = apply(pattern, event_type);
+        let Some(topic) = apply(pattern, tenant, event_type) else {
+            return Route::Reject(
+                format!(
+                    "the topic pattern {pattern:?} for event type {event_type:?} needs a tenant, and this sender has none (use an API key or a JWT)"
+                )
+                .into(),
+            );
+        };
         match check_topic_name(&topic) {
             Ok(()) => Route::Topic(topic.into()),
             Err(message) => invalid(format!(
@@ -235,9 +322,12 @@ mod tests {
     #[test]
     fn raccoon_default_pattern() {
         let table = RoutingTable::compile(&RoutingSpec::default()).unwrap();
-        assert_eq!(table.route("page_view"), topic("clickstream-page_view-log"));
+        assert_eq!(
+            table.route(None, "page_view"),
+            topic("clickstream-page_view-log")
+        );
         // Raccoon would publish an empty type to clickstream--log; Weir refuses it.
-        assert!(matches!(table.route(""), Route::Reject(r) if r.contains("empty")));
+        assert!(matches!(table.route(None, ""), Route::Reject(r) if r.contains("empty")));
     }
 
     #[test]
@@ -252,13 +342,13 @@ mod tests {
             ..Default::default()
         };
         let table = RoutingTable::compile(&spec).unwrap();
-        assert_eq!(table.route("ad_click"), topic("ads-clicks"));
-        assert_eq!(table.route("ad_view"), topic("ads-ad_view"));
-        assert_eq!(table.route("iot.dev1.temp"), topic("iot-temperature"));
-        assert_eq!(table.route("iot.dev1.hum"), topic("iot-other"));
-        assert_eq!(table.route("search"), topic("clickstream-search-log"));
+        assert_eq!(table.route(None, "ad_click"), topic("ads-clicks"));
+        assert_eq!(table.route(None, "ad_view"), topic("ads-ad_view"));
+        assert_eq!(table.route(None, "iot.dev1.temp"), topic("iot-temperature"));
+        assert_eq!(table.route(None, "iot.dev1.hum"), topic("iot-other"));
+        assert_eq!(table.route(None, "search"), topic("clickstream-search-log"));
         // Memoised answers equal computed ones.
-        assert_eq!(table.route("ad_view"), table.resolve("ad_view"));
+        assert_eq!(table.route(None, "ad_view"), table.resolve(None, "ad_view"));
     }
 
     #[test]
@@ -269,8 +359,10 @@ mod tests {
             ..Default::default()
         };
         let table = RoutingTable::compile(&spec).unwrap();
-        assert!(matches!(table.route("b"), Route::Reject(r) if r.contains("no routing rule")));
-        assert_eq!(table.route("a"), topic("topic-a"));
+        assert!(
+            matches!(table.route(None, "b"), Route::Reject(r) if r.contains("no routing rule"))
+        );
+        assert_eq!(table.route(None, "a"), topic("topic-a"));
 
         spec.unmatched = UnmatchedPolicy::DeadLetter;
         assert!(
@@ -279,7 +371,9 @@ mod tests {
         );
         spec.dead_letter_topic = Some("dlq".into());
         let table = RoutingTable::compile(&spec).unwrap();
-        assert!(matches!(table.route("b"), Route::DeadLetter { topic, .. } if &*topic == "dlq"));
+        assert!(
+            matches!(table.route(None, "b"), Route::DeadLetter { topic, .. } if &*topic == "dlq")
+        );
     }
 
     #[test]
@@ -287,20 +381,96 @@ mod tests {
         let mut spec = RoutingSpec::default();
         let table = RoutingTable::compile(&spec).unwrap();
         for bad in ["has space", "slash/y", "ünï", "a:b"] {
-            assert!(matches!(table.route(bad), Route::Reject(_)), "{bad}");
+            assert!(matches!(table.route(None, bad), Route::Reject(_)), "{bad}");
         }
         let long = "x".repeat(240);
-        assert!(matches!(table.route(&long), Route::Reject(r) if r.contains("249")));
+        assert!(matches!(table.route(None, &long), Route::Reject(r) if r.contains("249")));
 
         spec.invalid = InvalidPolicy::DeadLetter;
         spec.dead_letter_topic = Some("weir-dead-letter".into());
         let table = RoutingTable::compile(&spec).unwrap();
-        match table.route("has space") {
+        match table.route(None, "has space") {
             Route::DeadLetter { topic, reason } => {
                 assert_eq!(&*topic, "weir-dead-letter");
                 assert!(reason.contains("' '"), "{reason}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tenant_patterns_and_rules() {
+        let mut only_acme = rule("exact", "ad_click", "acme-ads");
+        only_acme.tenants = vec!["acme".into()];
+        let spec = RoutingSpec {
+            rules: vec![only_acme, rule("prefix", "iot", "%t.iot")],
+            default_pattern: "%t.clickstream-%s-log".into(),
+            ..Default::default()
+        };
+        let table = RoutingTable::compile(&spec).unwrap();
+        assert!(table.uses_tenant());
+        assert_eq!(
+            table.route(Some("acme"), "ad_click"),
+            topic("acme-ads"),
+            "acme's own rule"
+        );
+        assert_eq!(
+            table.route(Some("globex"), "ad_click"),
+            topic("globex.clickstream-ad_click-log"),
+            "another tenant's rule does not apply"
+        );
+        assert_eq!(table.route(Some("globex"), "iot.temp"), topic("globex.iot"));
+        assert!(
+            matches!(table.route(None, "page"), Route::Reject(r) if r.contains("needs a tenant"))
+        );
+        // The cache keeps tenants apart.
+        assert_eq!(table.route(Some("a"), "x"), topic("a.clickstream-x-log"));
+        assert_eq!(table.route(Some("b"), "x"), topic("b.clickstream-x-log"));
+
+        for (pattern, why) in [
+            ("%s-%t.x", "before %t"),
+            ("%t-%s", "'.' right after %t"),
+            ("%t.%t.%s", "more than once"),
+        ] {
+            let spec = RoutingSpec {
+                default_pattern: pattern.into(),
+                ..Default::default()
+            };
+            let err = RoutingTable::compile(&spec).expect_err(pattern);
+            assert!(err.message.contains(why), "{pattern}: {err}");
+            assert_eq!(err.field, "routing.defaultPattern");
+        }
+        let mut bad_tenant = rule("exact", "a", "t");
+        bad_tenant.tenants = vec!["a.b".into()];
+        let spec = RoutingSpec {
+            rules: vec![bad_tenant],
+            ..Default::default()
+        };
+        let err = RoutingTable::compile(&spec).unwrap_err();
+        assert_eq!(err.field, "routing.rules[0].tenants[0]");
+    }
+
+    proptest::proptest! {
+        /// Two different tenants never get the same topic from a `%t` pattern, whatever
+        /// the event types.
+        #[test]
+        fn tenants_never_share_a_topic(
+            a in "[a-z0-9_-]{1,8}",
+            b in "[a-z0-9_-]{1,8}",
+            type_a in "[a-z0-9._-]{1,12}",
+            type_b in "[a-z0-9._-]{1,12}",
+        ) {
+            proptest::prop_assume!(a != b);
+            let spec = RoutingSpec {
+                default_pattern: "%t.events-%s".into(),
+                ..Default::default()
+            };
+            let table = RoutingTable::compile(&spec).unwrap();
+            if let (Route::Topic(x), Route::Topic(y)) =
+                (table.route(Some(&a), &type_a), table.route(Some(&b), &type_b))
+            {
+                proptest::prop_assert_ne!(x, y);
+            }
         }
     }
 

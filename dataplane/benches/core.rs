@@ -37,7 +37,7 @@ fn core(c: &mut Criterion) {
         let routed = req
             .events
             .iter()
-            .filter(|e| matches!(table.route(&e.r#type), route::Route::Topic(_)))
+            .filter(|e| matches!(table.route(None, &e.r#type), route::Route::Topic(_)))
             .count();
         let answer = ack::batch_response(&req.req_guid, routed, Vec::new());
         decode::encode_response(&answer, enc)

@@ -26,6 +26,7 @@ fn records(payload: impl Fn(usize) -> Vec<u8>) -> Vec<SinkRecord> {
             event_type: ["page_view", "click"][i % 2].into(),
             req_guid: Some(format!("req-{}", i / 100)),
             conn_group: Some("web".into()),
+            tenant: None,
             sent_time_us: Some(1_795_320_000_000_000),
             receive_time_us: Some(1_795_320_000_000_000 + i as i64),
             source_position: None,

@@ -14,6 +14,8 @@ pub const EVENT_TYPE: &str = "weir-event-type";
 pub const REQ_GUID: &str = "weir-req-guid";
 /// The connection group.
 pub const CONN_GROUP: &str = "weir-conn-group";
+/// The sender's tenant; absent when the sender has none.
+pub const TENANT: &str = "weir-tenant";
 /// The client's `sent_time`, Unix microseconds in decimal; absent when the client sent none.
 pub const SENT_TIME: &str = "weir-sent-time";
 /// When the gateway received the batch, Unix microseconds in decimal.
@@ -31,6 +33,8 @@ pub struct GatewayHeaders<'a> {
     pub req_guid: &'a str,
     /// [`CONN_GROUP`].
     pub conn_group: &'a str,
+    /// [`TENANT`].
+    pub tenant: Option<&'a str>,
     /// [`RECEIVE_TIME`], already in decimal (formatted once per batch).
     pub receive_time: &'a str,
     /// [`SENT_TIME`], already in decimal.
@@ -42,13 +46,16 @@ pub struct GatewayHeaders<'a> {
 impl GatewayHeaders<'_> {
     /// The Kafka headers.
     pub fn to_kafka(&self) -> OwnedHeaders {
-        let mut headers = OwnedHeaders::new_with_capacity(6)
+        let mut headers = OwnedHeaders::new_with_capacity(7)
             .insert(text(EVENT_TYPE, self.event_type))
             .insert(text(REQ_GUID, self.req_guid))
             .insert(text(CONN_GROUP, self.conn_group))
             .insert(text(RECEIVE_TIME, self.receive_time));
         if let Some(sent) = self.sent_time {
             headers = headers.insert(text(SENT_TIME, sent));
+        }
+        if let Some(tenant) = self.tenant {
+            headers = headers.insert(text(TENANT, tenant));
         }
         if let Some(reason) = self.dead_letter_reason {
             headers = headers.insert(text(DEAD_LETTER_REASON, reason));
@@ -81,6 +88,8 @@ pub struct ReadHeaders {
     pub req_guid: Option<String>,
     /// [`CONN_GROUP`].
     pub conn_group: Option<String>,
+    /// [`TENANT`].
+    pub tenant: Option<String>,
     /// [`SENT_TIME`], Unix microseconds.
     pub sent_time_us: Option<i64>,
     /// [`RECEIVE_TIME`], Unix microseconds.
@@ -100,6 +109,7 @@ impl ReadHeaders {
                 EVENT_TYPE => out.event_type = text(value),
                 REQ_GUID => out.req_guid = text(value),
                 CONN_GROUP => out.conn_group = text(value),
+                TENANT => out.tenant = text(value),
                 SENT_TIME => out.sent_time_us = text(value).and_then(|t| t.parse().ok()),
                 RECEIVE_TIME => out.receive_time_us = text(value).and_then(|t| t.parse().ok()),
                 _ => {}
@@ -120,6 +130,7 @@ mod tests {
             event_type: "page_view",
             req_guid: "g-1",
             conn_group: "android",
+            tenant: Some("acme"),
             receive_time: "1700000000000001",
             sent_time: Some("1699999999000000"),
             dead_letter_reason: None,
@@ -132,6 +143,7 @@ mod tests {
                 event_type: Some("page_view".into()),
                 req_guid: Some("g-1".into()),
                 conn_group: Some("android".into()),
+                tenant: Some("acme".into()),
                 sent_time_us: Some(1_699_999_999_000_000),
                 receive_time_us: Some(1_700_000_000_000_001),
             }

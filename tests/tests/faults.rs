@@ -727,6 +727,7 @@ async fn produce(bootstrap: &str, first: usize, count: usize) {
                 event_type: EVENT_TYPE,
                 req_guid: "",
                 conn_group: "",
+                tenant: None,
                 receive_time: &receive_time,
                 sent_time: None,
                 dead_letter_reason: None,

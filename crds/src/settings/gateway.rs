@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::PipelineSpec;
 use crate::config::{ConfigError, invalid};
 use crate::pipeline::{
-    AckMode, AuthSpec, CorsSpec, IdentitySpec, KafkaSpec, LimitsSpec, ShutdownSpec, TopicSpec,
-    WebSocketSpec,
+    AckMode, AuthSpec, CorsSpec, IdentitySpec, KafkaSpec, LimitsSpec, ShutdownSpec, TenantsSpec,
+    TlsSpec, TopicSpec, WebSocketSpec,
 };
 use crate::routing::RoutingTable;
 
@@ -38,8 +38,12 @@ pub struct GatewaySettings {
     pub limits: LimitsSpec,
     /// How a client's identity is read.
     pub identity: IdentitySpec,
-    /// Bearer-token authentication.
+    /// Credentials: tokens, API keys, JWTs.
     pub auth: AuthSpec,
+    /// Quotas of tenants and API keys.
+    pub tenants: TenantsSpec,
+    /// TLS on the HTTP and gRPC listeners; `None`: plain TCP.
+    pub tls: Option<TlsFiles>,
     /// Browser origins allowed over HTTP.
     pub cors: CorsSpec,
     /// WebSocket connection settings.
@@ -57,6 +61,17 @@ pub struct GatewayAddrs {
     pub grpc: SocketAddr,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub metrics: SocketAddr,
+}
+
+/// The certificate and key files of the gateway's TLS listeners.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// How often both are checked for changes.
+    pub reload_interval: Duration,
 }
 
 /// Where routes come from.
@@ -83,6 +98,7 @@ impl TryFrom<PipelineSpec> for GatewaySettings {
             metrics: super::parse_addr("listen.metrics", &spec.listen.metrics)?,
         };
         check(&spec)?;
+        let tls = tls_files(&spec.listen.tls)?;
         let routing = match &spec.routing.file {
             Some(path) => RoutingSource::File {
                 path: PathBuf::from(path),
@@ -101,6 +117,8 @@ impl TryFrom<PipelineSpec> for GatewaySettings {
             limits: spec.limits,
             identity: spec.identity,
             auth: spec.auth,
+            tenants: spec.tenants,
+            tls,
             cors: spec.cors,
             websocket: spec.websocket,
             shutdown: spec.shutdown,
@@ -126,7 +144,87 @@ fn check(spec: &PipelineSpec) -> Result<(), ConfigError> {
     check_kafka(&spec.kafka)?;
     check_limits(spec)?;
     check_clients(spec)?;
+    check_auth(spec)?;
     check_topics(&spec.topics)
+}
+
+/// TLS is on when both files are named; one without the other is a mistake.
+fn tls_files(tls: &TlsSpec) -> Result<Option<TlsFiles>, ConfigError> {
+    match (&tls.cert_file, &tls.key_file) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            if tls.reload_interval.is_zero() {
+                return Err(invalid(
+                    "listen.tls.reloadInterval",
+                    "must be greater than 0",
+                ));
+            }
+            Ok(Some(TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+                reload_interval: tls.reload_interval,
+            }))
+        }
+        (Some(_), None) => Err(invalid(
+            "listen.tls.keyFile",
+            "is required with listen.tls.certFile",
+        )),
+        (None, Some(_)) => Err(invalid(
+            "listen.tls.certFile",
+            "is required with listen.tls.keyFile",
+        )),
+    }
+}
+
+/// API keys, JWT and quota settings.
+fn check_auth(spec: &PipelineSpec) -> Result<(), ConfigError> {
+    let (auth, jwt, tenants) = (&spec.auth, &spec.auth.jwt, &spec.tenants);
+    if auth.is_enabled() && auth.reload_interval.is_zero() {
+        return Err(invalid("auth.reloadInterval", "must be greater than 0"));
+    }
+    if let Some(url) = &jwt.jwks_url {
+        match url::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(invalid(
+                    "auth.jwt.jwksUrl",
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+        }
+    }
+    if jwt.is_enabled() {
+        for (field, claim) in [
+            ("auth.jwt.tenantClaim", &jwt.tenant_claim),
+            ("auth.jwt.keyClaim", &jwt.key_claim),
+        ] {
+            if claim.trim().is_empty() {
+                return Err(invalid(field, "must name a claim"));
+            }
+        }
+        for (field, value) in [
+            ("auth.jwt.jwksRefreshInterval", jwt.jwks_refresh_interval),
+            (
+                "auth.jwt.jwksMinRefreshInterval",
+                jwt.jwks_min_refresh_interval,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be greater than 0"));
+            }
+        }
+    }
+    if tenants.burst_seconds == 0 {
+        return Err(invalid("tenants.burstSeconds", "must be at least 1"));
+    }
+    if tenants.max_tracked == 0 {
+        return Err(invalid("tenants.maxTracked", "must be greater than 0"));
+    }
+    for tenant in tenants.quotas.keys() {
+        crate::auth::check_tenant_id(tenant)
+            .map_err(|m| invalid(&format!("tenants.quotas.{tenant}"), m))?;
+    }
+    Ok(())
 }
 
 /// The brokers and the delivery timeout (the sink checks its Kafka the same way).

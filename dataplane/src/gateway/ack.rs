@@ -46,6 +46,14 @@ pub enum Rejection {
     /// The gateway has no room for the batch right now.
     #[error("{0}")]
     Overloaded(String),
+    /// The sender's tenant or API key is over a quota.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Which quota, and whose.
+        message: String,
+        /// When the batch would fit.
+        retry_after: std::time::Duration,
+    },
     /// Kafka cannot take the batch right now, or the gateway is shutting down.
     #[error("{0}")]
     Unavailable(String),
@@ -70,7 +78,7 @@ impl Rejection {
             | Rejection::ReadTimeout(_) => Code::BadRequest,
             Rejection::Unauthorized(_) | Rejection::OriginNotAllowed { .. } => Code::Unauthorized,
             Rejection::TooLarge { .. } => Code::PayloadTooLarge,
-            Rejection::Overloaded(_) => Code::RateLimited,
+            Rejection::Overloaded(_) | Rejection::QuotaExceeded { .. } => Code::RateLimited,
             Rejection::Unavailable(_) => Code::Unavailable,
             Rejection::Internal(_) => Code::InternalError,
             Rejection::ConnectionLimit(_) => Code::MaxConnectionLimitReached,
@@ -90,9 +98,17 @@ impl Rejection {
         }
     }
 
-    /// The answer to a refused batch.
+    /// The answer to a refused batch. A quota refusal carries its wait, in whole
+    /// seconds, as `data["retry_after"]`.
     pub fn response(&self, req_guid: &str) -> SendEventResponse {
-        response(req_guid, self.code(), self.to_string(), Vec::new())
+        let mut answer = response(req_guid, self.code(), self.to_string(), Vec::new());
+        if let Rejection::QuotaExceeded { retry_after, .. } = self {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            answer
+                .data
+                .insert(RETRY_AFTER_KEY.into(), seconds.max(1).to_string());
+        }
+        answer
     }
 }
 
@@ -126,9 +142,21 @@ pub fn grpc_code(code: Code) -> tonic::Code {
     }
 }
 
-/// Seconds a client should wait before retrying, for codes where retrying helps.
-pub fn retry_after_seconds(code: Code) -> Option<u32> {
-    match code {
+/// The key of an answer's `data` that says how many seconds to wait before retrying,
+/// when the gateway knows (quotas).
+pub const RETRY_AFTER_KEY: &str = "retry_after";
+
+/// Seconds a client should wait before retrying, for answers where retrying helps: the
+/// answer's own `retry_after`, else a default by code.
+pub fn retry_after_seconds(response: &SendEventResponse) -> Option<u32> {
+    if let Some(seconds) = response
+        .data
+        .get(RETRY_AFTER_KEY)
+        .and_then(|s| s.parse().ok())
+    {
+        return Some(seconds);
+    }
+    match response.code() {
         Code::RateLimited => Some(1),
         Code::Unavailable => Some(5),
         _ => None,
@@ -348,9 +376,16 @@ mod tests {
             assert_eq!(http_status(code).as_u16(), http, "{code:?}");
             assert_eq!(grpc_code(code), grpc, "{code:?}");
         }
-        assert_eq!(retry_after_seconds(Code::RateLimited), Some(1));
-        assert_eq!(retry_after_seconds(Code::Unavailable), Some(5));
-        assert_eq!(retry_after_seconds(Code::BadRequest), None);
+        let answer = |code| response("g", code, String::new(), Vec::new());
+        assert_eq!(retry_after_seconds(&answer(Code::RateLimited)), Some(1));
+        let quota = Rejection::QuotaExceeded {
+            message: "over".into(),
+            retry_after: std::time::Duration::from_millis(2500),
+        };
+        assert_eq!(quota.code(), Code::RateLimited);
+        assert_eq!(retry_after_seconds(&quota.response("g")), Some(3));
+        assert_eq!(retry_after_seconds(&answer(Code::Unavailable)), Some(5));
+        assert_eq!(retry_after_seconds(&answer(Code::BadRequest)), None);
     }
 
     #[test]

@@ -35,6 +35,7 @@ use weir_proto::{Code, SendEventRequest, SendEventResponse};
 
 use super::Shared;
 use super::ack::{self, Rejection};
+use super::auth::{AuthError, Principal};
 use super::decode::{self, ContentKind};
 use super::identity::Identity;
 use super::ingest::Transport;
@@ -72,11 +73,14 @@ fn metadata_text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str
 }
 
 impl EventGrpc {
-    fn identify(&self, metadata: &MetadataMap) -> Result<Identity, Rejection> {
-        self.shared
-            .auth
-            .check(|name| metadata_text(metadata.as_ref(), name))?;
-        super::identity::identify(&self.shared.settings.identity, |name| {
+    /// The identity, with the principal [`DecodeBatches`] authenticated.
+    fn identify(
+        &self,
+        metadata: &MetadataMap,
+        principal: Option<Principal>,
+    ) -> Result<Identity, Rejection> {
+        let principal = principal.ok_or_else(|| Rejection::from(AuthError::Missing))?;
+        super::identity::identify(&self.shared.settings.identity, principal, |name| {
             metadata_text(metadata.as_ref(), name)
         })
     }
@@ -86,7 +90,8 @@ impl EventGrpc {
         mut request: Request<SendEventRequest>,
     ) -> Result<Response<SendEventResponse>, Status> {
         let received = Instant::now();
-        let identity = self.identify(request.metadata());
+        let principal = request.extensions_mut().remove::<Principal>();
+        let identity = self.identify(request.metadata(), principal);
         let decoded = request
             .extensions_mut()
             .remove::<DecodedBatch>()
@@ -126,7 +131,7 @@ fn refusal(response: &SendEventResponse) -> Status {
             RESPONSE_TRAILER,
             MetadataValue::from_bytes(&response.encode_to_vec()),
         );
-        if let Some(seconds) = ack::retry_after_seconds(response.code()) {
+        if let Some(seconds) = ack::retry_after_seconds(response) {
             trailers.insert("retry-after", MetadataValue::from(seconds));
         }
         Status::with_metadata(
@@ -180,15 +185,23 @@ impl tower::Service<http::Request<tonic::body::Body>> for DecodeBatches {
         Box::pin(async move {
             let received = Instant::now();
             let (mut parts, body) = request.into_parts();
-            let checked = match shared
+            let authenticated = shared
                 .auth
-                .check(|name| metadata_text(&parts.headers, name))
-            {
-                Ok(()) => read_batch(&shared, &parts.headers, body).await,
+                .authenticate(
+                    |name| metadata_text(&parts.headers, name),
+                    |_| None,
+                    &shared.metrics,
+                )
+                .await;
+            let checked = match authenticated {
+                Ok(principal) => read_batch(&shared, &parts.headers, body)
+                    .await
+                    .map(|batch| (principal, batch)),
                 Err(rejection) => Err(rejection),
             };
             match checked {
-                Ok(batch) => {
+                Ok((principal, batch)) => {
+                    parts.extensions.insert(principal);
                     parts
                         .extensions
                         .insert(DecodedBatch(Arc::new(Mutex::new(Some(batch)))));

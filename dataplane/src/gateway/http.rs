@@ -113,6 +113,7 @@ fn cors_layer(settings: &GatewaySettings) -> Option<CorsLayer> {
         &settings.identity.id_header,
         &settings.identity.group_header,
         &settings.auth.header,
+        super::auth::credential::KEY_HEADER,
     ]
     .into_iter()
     .chain(spec.allowed_headers.iter().map(String::as_str))
@@ -146,8 +147,9 @@ fn query_param<'a>(query: &'a QueryParams, name: &str) -> Option<&'a str> {
 
 /// Checks credentials and reads identity, the same for every HTTP request: from the
 /// headers, or from query parameters of the same names when `identity.queryParameters`
-/// allows it and the header is absent.
-fn authenticate(
+/// allows it and the header is absent. Credentials may also come as the `key` and
+/// `token` query parameters ([`super::auth::credential`]).
+async fn authenticate(
     shared: &Shared,
     headers: &HeaderMap,
     query: &QueryParams,
@@ -156,8 +158,11 @@ fn authenticate(
     let lookup = |name: &str| {
         header(headers, name).or_else(|| from_query.then(|| query_param(query, name)).flatten())
     };
-    shared.auth.check(lookup)?;
-    super::identity::identify(&shared.settings.identity, lookup)
+    let principal = shared
+        .auth
+        .authenticate(lookup, |name| query_param(query, name), &shared.metrics)
+        .await?;
+    super::identity::identify(&shared.settings.identity, principal, lookup)
 }
 
 /// Whether the client asked for per-event results in Raccoon-dialect JSON answers
@@ -223,7 +228,7 @@ async fn post_events(
     let fallback = refusal_encoding(&kind);
     let prepared = async {
         check_post_origin(&shared, &headers)?;
-        let identity = authenticate(&shared, &headers, &query)?;
+        let identity = authenticate(&shared, &headers, &query).await?;
         let kind = kind?;
         let limit = shared.settings.limits.max_batch_bytes;
         let read_timeout = shared.settings.limits.read_timeout;
@@ -296,7 +301,7 @@ fn reply(status: StatusCode, response: &SendEventResponse, encoding: Encoding) -
         CONTENT_TYPE,
         HeaderValue::from_static(encoding.content_type()),
     );
-    if let Some(seconds) = ack::retry_after_seconds(response.code()) {
+    if let Some(seconds) = ack::retry_after_seconds(response) {
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     out
@@ -309,17 +314,33 @@ async fn upgrade(
     handshake: Handshake,
 ) -> Response {
     let received = Instant::now();
-    let admitted = if shared.shutdown.is_cancelled() {
-        Err(Rejection::Unavailable(
-            "the gateway is shutting down".into(),
-        ))
-    } else {
-        check_websocket_origin(&shared, &headers)
-            .and_then(|()| authenticate(&shared, &headers, &query))
-    };
+    let admitted = async {
+        if shared.shutdown.is_cancelled() {
+            return Err(Rejection::Unavailable(
+                "the gateway is shutting down".into(),
+            ));
+        }
+        check_websocket_origin(&shared, &headers)?;
+        let identity = authenticate(&shared, &headers, &query).await?;
+        let quota = shared
+            .quotas
+            .connect(&identity.principal)
+            .inspect_err(|_| {
+                shared
+                    .metrics
+                    .tenant_rate_limited
+                    .with_label_values(&[shared
+                        .metrics
+                        .tenants
+                        .get(identity.tenant().unwrap_or(""))])
+                    .inc();
+            })?;
+        Ok((identity, quota))
+    }
+    .await;
     let event_results = wants_event_results(&headers, &query);
-    let identity = match admitted {
-        Ok(identity) => identity,
+    let (identity, quota) = match admitted {
+        Ok(admitted) => admitted,
         Err(rejection) => {
             let encoding = Encoding::Json(Dialect::Raccoon);
             return refuse(
@@ -345,7 +366,7 @@ async fn upgrade(
             }
         };
         match registration {
-            Ok(guard) => ws::serve(upgraded, shared, identity, guard, event_results).await,
+            Ok(guard) => ws::serve(upgraded, shared, identity, (guard, quota), event_results).await,
             Err(rejection) => ws::refuse(upgraded, &rejection).await,
         }
     }));

@@ -1,30 +1,43 @@
-//! Who is sending: connection identity, authentication, and the registry of open
-//! WebSocket connections that enforces the connection limit and the duplicate policy.
+//! Who is sending: connection identity (with the principal [`super::auth`] found), and
+//! the registry of open WebSocket connections that enforces the connection limit and
+//! the duplicate policy. Identities of different tenants never collide: the duplicate
+//! check compares (tenant, id, group).
 //!
 //! Invariant: the registry's count equals the number of live [`ConnectionGuard`]s, since
 //! a guard is the only way to be counted and dropping it is the only way out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
-use weir_crds::pipeline::{AuthSpec, DuplicatePolicy, IdentitySpec};
+use weir_crds::pipeline::{DuplicatePolicy, IdentitySpec};
 
 use super::ack::Rejection;
+use super::auth::Principal;
 
 /// The identity of a connection or request.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     /// The id header's value; `None` for anonymous clients.
     pub id: Option<String>,
     /// The group header's value, or the default group.
     pub group: String,
+    /// The tenant and key the credentials name.
+    pub principal: Principal,
+}
+
+impl Identity {
+    /// The sender's tenant, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.principal.tenant.as_deref()
+    }
 }
 
 /// Reads identity from request headers (`header(name)` returns a header's value).
 pub fn identify<'a>(
     spec: &IdentitySpec,
+    principal: Principal,
     header: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<Identity, Rejection> {
     let id = header(&spec.id_header)
@@ -42,69 +55,11 @@ pub fn identify<'a>(
         .filter(|v| !v.is_empty())
         .unwrap_or(&spec.default_group)
         .to_string();
-    Ok(Identity { id, group })
-}
-
-/// Accepted bearer tokens; authentication is off while there are none.
-pub struct Authenticator {
-    header: String,
-    tokens: HashSet<String>,
-}
-
-impl Authenticator {
-    /// Reads the tokens from the spec and its token file.
-    pub fn from_spec(spec: &AuthSpec) -> Result<Self, weir_crds::config::ConfigError> {
-        let mut tokens: HashSet<String> = spec.tokens.iter().cloned().collect();
-        if let Some(path) = &spec.tokens_file {
-            let text = std::fs::read_to_string(path).map_err(|source| {
-                weir_crds::config::ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            tokens.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string),
-            );
-        }
-        Ok(Self {
-            header: spec.header.clone(),
-            tokens,
-        })
-    }
-
-    /// Checks a request's credentials.
-    pub fn check<'a>(&self, header: impl Fn(&str) -> Option<&'a str>) -> Result<(), Rejection> {
-        if self.tokens.is_empty() {
-            return Ok(());
-        }
-        let Some(value) = header(&self.header) else {
-            return Err(Rejection::Unauthorized(format!(
-                "missing {} header",
-                self.header
-            )));
-        };
-        // The scheme is case-insensitive (RFC 9110 §11.1); a bare token is accepted too.
-        let value = value.trim();
-        let token = match value.split_once(char::is_whitespace) {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            None if value.eq_ignore_ascii_case("bearer") => "",
-            _ => value,
-        };
-        if token.is_empty() {
-            return Err(Rejection::Unauthorized(format!(
-                "empty token in the {} header",
-                self.header
-            )));
-        }
-        if self.tokens.contains(token) {
-            Ok(())
-        } else {
-            Err(Rejection::Unauthorized("invalid token".into()))
-        }
-    }
+    Ok(Identity {
+        id,
+        group,
+        principal,
+    })
 }
 
 struct Entry {
@@ -118,7 +73,18 @@ pub struct ConnectionRegistry {
     policy: DuplicatePolicy,
     count: AtomicUsize,
     next_id: AtomicU64,
-    by_identity: Mutex<HashMap<(String, String), Entry>>,
+    by_identity: Mutex<HashMap<IdentityKey, Entry>>,
+}
+
+/// (tenant, id, group).
+type IdentityKey = (Option<Arc<str>>, String, String);
+
+fn identity_key(identity: &Identity, id: &str) -> IdentityKey {
+    (
+        identity.principal.tenant.clone(),
+        id.to_string(),
+        identity.group.clone(),
+    )
 }
 
 /// Membership in the registry; leaving it on drop.
@@ -165,15 +131,15 @@ impl ConnectionRegistry {
         let connection = self.next_id.fetch_add(1, Ordering::Relaxed);
         let kicked = CancellationToken::new();
         if let (Some(id), false) = (&identity.id, self.policy == DuplicatePolicy::Allow) {
-            let key = (id.clone(), identity.group.clone());
+            let key = identity_key(identity, id);
             let mut map = self.by_identity.lock().expect("registry lock");
             if let Some(existing) = map.get(&key) {
                 if self.policy == DuplicatePolicy::Reject {
                     drop(map);
                     self.count.fetch_sub(1, Ordering::AcqRel);
                     return Err(Rejection::DuplicateIdentity {
-                        id: key.0,
-                        group: key.1,
+                        id: key.1,
+                        group: key.2,
                     });
                 }
                 existing.kick.cancel();
@@ -198,7 +164,7 @@ impl ConnectionRegistry {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         if let Some(id) = &self.identity.id {
-            let key = (id.clone(), self.identity.group.clone());
+            let key = identity_key(&self.identity, id);
             let mut map = self.registry.by_identity.lock().expect("registry lock");
             // A replacing connection owns the entry now; leave it alone.
             if map
@@ -220,21 +186,25 @@ mod tests {
         Identity {
             id: Some(id.into()),
             group: group.into(),
+            principal: Principal::default(),
         }
     }
 
     #[test]
     fn reads_headers_with_default_group() {
         let spec = IdentitySpec::default();
-        let id = identify(&spec, |h| (h == "X-User-ID").then_some("u1")).unwrap();
+        let id = identify(&spec, Principal::default(), |h| {
+            (h == "X-User-ID").then_some("u1")
+        })
+        .unwrap();
         assert_eq!(id, ident("u1", "--default--"));
-        let anon = identify(&spec, |_| None).unwrap();
+        let anon = identify(&spec, Principal::default(), |_| None).unwrap();
         assert_eq!(anon.id, None);
         let strict = IdentitySpec {
             require_id: true,
             ..Default::default()
         };
-        let err = identify(&strict, |_| None).unwrap_err();
+        let err = identify(&strict, Principal::default(), |_| None).unwrap_err();
         assert!(err.to_string().contains("X-User-ID"));
     }
 
@@ -281,30 +251,17 @@ mod tests {
     }
 
     #[test]
-    fn bearer_tokens() {
-        let off = Authenticator::from_spec(&AuthSpec::default()).unwrap();
-        assert!(off.check(|_| None).is_ok());
-        let on = Authenticator::from_spec(&AuthSpec {
-            tokens: vec!["s3cret".into()],
-            ..Default::default()
-        })
-        .unwrap();
-        assert!(on.check(|_| Some("Bearer s3cret")).is_ok());
-        assert!(on.check(|_| Some("BEARER  s3cret")).is_ok());
-        assert!(on.check(|_| Some("bearer s3cret")).is_ok());
-        assert!(on.check(|_| Some("s3cret")).is_ok());
-        for empty in ["", "  ", "Bearer", "Bearer  "] {
-            assert!(
-                matches!(on.check(|_| Some(empty)), Err(Rejection::Unauthorized(m)) if m.contains("empty token")),
-                "{empty:?}"
-            );
-        }
-        assert!(matches!(
-            on.check(|_| Some("Bearer nope")),
-            Err(Rejection::Unauthorized(_))
-        ));
-        assert!(
-            matches!(on.check(|_| None), Err(Rejection::Unauthorized(m)) if m.contains("Authorization"))
-        );
+    fn the_same_id_in_two_tenants_is_no_duplicate() {
+        let reg = Arc::new(ConnectionRegistry::new(10, DuplicatePolicy::Reject));
+        let of = |tenant: &str| Identity {
+            principal: Principal {
+                tenant: Some(tenant.into()),
+                ..Default::default()
+            },
+            ..ident("u1", "g")
+        };
+        let _a = reg.register(&of("acme")).unwrap();
+        let _b = reg.register(&of("globex")).unwrap();
+        assert!(reg.register(&of("acme")).is_err());
     }
 }

@@ -9,6 +9,10 @@
 //!   makes a client hang.
 //! - Acks: with sync acks the answer waits for every delivery report (bounded by
 //!   `kafka.deliveryTimeout`), and only reported deliveries count as success.
+//! - Tenants: quotas are taken for the whole batch before admission
+//!   ([`super::quota`]), so a batch over quota is refused whole and nothing of it is
+//!   published; each event routes with its sender's tenant, and an event type the
+//!   sender's API key does not allow is refused per event.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use super::ack::{self, Rejection};
 use super::identity::Identity;
 use super::metrics::Metrics;
 use super::publish::{BatchContext, EventLog, Outgoing};
+use super::quota::Quotas;
 use super::route::{Route, Router};
 
 /// The transport a batch came in on, for metrics.
@@ -52,6 +57,7 @@ pub struct Ingestor {
     router: Arc<Router>,
     publisher: Arc<dyn EventLog>,
     metrics: Arc<Metrics>,
+    quotas: Arc<Quotas>,
     inflight: Semaphore,
     admission_timeout: Duration,
     ack_deadline: Duration,
@@ -64,12 +70,14 @@ impl Ingestor {
         router: Arc<Router>,
         publisher: Arc<dyn EventLog>,
         metrics: Arc<Metrics>,
+        quotas: Arc<Quotas>,
         settings: &GatewaySettings,
     ) -> Self {
         Self {
             router,
             publisher,
             metrics,
+            quotas,
             inflight: Semaphore::new(settings.limits.max_inflight_bytes),
             admission_timeout: settings.limits.admission_timeout,
             // librdkafka reports a little before this (see `kafka::librdkafka_timeout`);
@@ -133,6 +141,19 @@ impl Ingestor {
         wire_bytes: usize,
     ) -> Result<SendEventResponse, Rejection> {
         let sent_time_micros = sent_time_micros(request.sent_time.as_ref())?;
+        let tenant = identity.tenant();
+        if let Err(refused) =
+            self.quotas
+                .take(&identity.principal, request.events.len(), wire_bytes)
+        {
+            if matches!(refused, Rejection::QuotaExceeded { .. }) {
+                self.metrics
+                    .tenant_rate_limited
+                    .with_label_values(&[self.metrics.tenants.get(tenant.unwrap_or(""))])
+                    .inc();
+            }
+            return Err(refused);
+        }
         let permits = u32::try_from(wire_bytes.max(1)).map_err(|_| Rejection::TooLarge {
             limit: u32::MAX as usize,
         })?;
@@ -153,14 +174,25 @@ impl Ingestor {
         let _release = InflightGauge(&self.metrics, wire_bytes);
 
         let received_at = SystemTime::now();
-        self.count_received(request);
+        self.count_received(request, tenant);
         let route_span =
             tracing::info_span!(target: weir_runtime::telemetry::TRACE_TARGET, "route").entered();
         let table = self.router.table();
         let mut failures = Vec::new();
         let mut routed = Vec::with_capacity(request.events.len());
         for (index, event) in request.events.iter().enumerate() {
-            match table.route(&event.r#type) {
+            let route = if identity.principal.allows(&event.r#type) {
+                table.route(tenant, &event.r#type)
+            } else {
+                Route::Reject(
+                    format!(
+                        "event type {:?} is not allowed for this API key (eventTypes)",
+                        event.r#type
+                    )
+                    .into(),
+                )
+            };
+            match route {
                 Route::Topic(topic) => routed.push((index, topic, None)),
                 Route::DeadLetter { topic, reason } => routed.push((index, topic, Some(reason))),
                 Route::Reject(reason) => {
@@ -194,6 +226,7 @@ impl Ingestor {
         let context = BatchContext {
             req_guid: &request.req_guid,
             group: &identity.group,
+            tenant,
             sent_time_micros,
             received_at,
         };
@@ -217,7 +250,13 @@ impl Ingestor {
         ))
     }
 
-    fn count_received(&self, request: &SendEventRequest) {
+    fn count_received(&self, request: &SendEventRequest, tenant: Option<&str>) {
+        if let Some(tenant) = tenant {
+            self.metrics
+                .tenant_events
+                .with_label_values(&[self.metrics.tenants.get(tenant)])
+                .inc_by(request.events.len() as u64);
+        }
         let mut by_type: HashMap<&str, (u64, u64)> = HashMap::new();
         for event in &request.events {
             let entry = by_type.entry(&event.r#type).or_default();
@@ -352,6 +391,7 @@ mod tests {
             Arc::new(Router::new(table.clone())),
             Arc::new(FailingLog(vec![1])),
             Arc::new(Metrics::new()),
+            Arc::new(Quotas::new(&settings.tenants)),
             &settings,
         );
         let event = |t: &str| weir_proto::Event {
@@ -367,6 +407,7 @@ mod tests {
         let identity = Identity {
             id: None,
             group: "g".into(),
+            principal: Default::default(),
         };
         let answer = ingestor
             .ingest(&identity, request, 10, Transport::Http, Instant::now())

@@ -264,6 +264,7 @@ impl EventLog for KafkaLog {
                 event_type: event.event_type,
                 req_guid: context.req_guid,
                 conn_group: context.group,
+                tenant: context.tenant,
                 receive_time: &received,
                 sent_time: sent.as_deref(),
                 dead_letter_reason: event.dead_letter_reason,

@@ -46,6 +46,18 @@ pub struct Metrics {
     pub connections_dropped: IntCounterVec,
     /// Kafka producers replaced because they could deliver no more, by reason.
     pub producer_replacements: IntCounterVec,
+    /// Credentials refused, by reason (`missing`, `empty`, `unknown`, `revoked`,
+    /// `invalid_jwt`, `expired`).
+    pub auth_refused: IntCounterVec,
+    /// Reloads of credential files, by file (`apiKeys`, `jwks`, `hmacSecret`, `tls`)
+    /// and result.
+    pub credential_reloads: IntCounterVec,
+    /// Events received, by tenant.
+    pub tenant_events: IntCounterVec,
+    /// Batches and connections refused over a quota, by tenant.
+    pub tenant_rate_limited: IntCounterVec,
+    /// Label budget for tenants.
+    pub tenants: BoundedLabels,
     /// Label budget for event types.
     pub event_types: BoundedLabels,
     /// Label budget for topics.
@@ -113,6 +125,26 @@ impl Metrics {
             "Kafka producers replaced by a new one because they could deliver no more: fenced (the broker fenced the idempotent producer's id) or fatal (librdkafka's fatal error).",
             &["reason"],
         );
+        let auth_refused = counter(
+            "weir_gateway_auth_refused_total",
+            "Requests and connections refused for their credentials.",
+            &["reason"],
+        );
+        let credential_reloads = counter(
+            "weir_gateway_credential_reloads_total",
+            "Reloads of the API keys, JWKS, HMAC secret and TLS files.",
+            &["file", "result"],
+        );
+        let tenant_events = counter(
+            "weir_gateway_tenant_events_received_total",
+            "Events received, by tenant.",
+            &["tenant"],
+        );
+        let tenant_rate_limited = counter(
+            "weir_gateway_tenant_rate_limited_total",
+            "Batches and WebSocket connections refused over a tenant's or key's quota.",
+            &["tenant"],
+        );
         let connections = IntGaugeVec::new(
             Opts::new("weir_gateway_connections", "Open WebSocket connections."),
             &["group"],
@@ -176,6 +208,11 @@ impl Metrics {
             routing_reloads,
             connections_dropped,
             producer_replacements,
+            auth_refused,
+            credential_reloads,
+            tenant_events,
+            tenant_rate_limited,
+            tenants: BoundedLabels::new(LABEL_LIMIT),
             event_types: BoundedLabels::new(LABEL_LIMIT),
             topics: BoundedLabels::new(LABEL_LIMIT),
             groups: BoundedLabels::new(LABEL_LIMIT),

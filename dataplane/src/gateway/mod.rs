@@ -10,6 +10,7 @@
 //! Every phase shares one `shutdown.drainTimeout` budget.
 
 pub mod ack;
+pub mod auth;
 pub mod decode;
 pub mod grpc;
 pub mod http;
@@ -21,6 +22,8 @@ pub mod listener;
 pub mod metrics;
 pub mod ops;
 pub mod publish;
+pub mod quota;
+pub mod reload;
 pub mod route;
 pub mod ws;
 pub mod ws_wire;
@@ -38,12 +41,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_crds::settings::{GatewaySettings, RoutingSource};
 
-use identity::{Authenticator, ConnectionRegistry};
+use auth::Authenticator;
+use identity::ConnectionRegistry;
 use ingest::Ingestor;
 use kafka_log::KafkaLog;
 use metrics::Metrics;
 use ops::Health;
 use publish::EventLog;
+use quota::Quotas;
 use route::Router;
 
 /// State every transport shares.
@@ -55,7 +60,9 @@ pub struct Shared {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Credentials check.
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
+    /// Tenants' and keys' quotas.
+    pub quotas: Arc<Quotas>,
     /// Open WebSocket connections.
     pub connections: Arc<ConnectionRegistry>,
     /// Cancelled when shutdown starts.
@@ -69,14 +76,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The state of a starting gateway; reads the auth tokens file.
+    /// The state of a starting gateway.
     fn new(
         settings: GatewaySettings,
         ingestor: Ingestor,
         metrics: Arc<Metrics>,
+        auth: Arc<Authenticator>,
+        quotas: Arc<Quotas>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            auth: Authenticator::from_spec(&settings.auth)?,
+            auth,
+            quotas,
             connections: Arc::new(ConnectionRegistry::new(
                 settings.websocket.max_connections,
                 settings.identity.duplicates,
@@ -171,7 +181,15 @@ impl Gateway {
             )
             .context("cannot create the Kafka producer (check kafka.properties)")?,
         );
-        let ingestor = Ingestor::new(router.clone(), publisher.clone(), metrics.clone(), spec);
+        let auth = Arc::new(Authenticator::load(&spec.auth).await?);
+        let quotas = Arc::new(Quotas::new(&spec.tenants));
+        let ingestor = Ingestor::new(
+            router.clone(),
+            publisher.clone(),
+            metrics.clone(),
+            quotas.clone(),
+            spec,
+        );
         // Each port may hold `limits.maxConnections` sockets.
         let connections = 2 * spec.limits.max_connections as u64;
         weir_runtime::open_files::ensure(
@@ -181,7 +199,13 @@ impl Gateway {
         let http_listener = bind(spec.listen.http, "listen.http")?;
         let grpc_listener = bind(spec.listen.grpc, "listen.grpc")?;
         let metrics_listener = bind(spec.listen.metrics, "listen.metrics")?;
-        let shared = Arc::new(Shared::new(settings, ingestor, metrics.clone())?);
+        let shared = Arc::new(Shared::new(
+            settings,
+            ingestor,
+            metrics.clone(),
+            auth.clone(),
+            quotas,
+        )?);
         let http_addr = http_listener.local_addr()?;
         let grpc_addr = grpc_listener.local_addr()?;
         let metrics_addr = metrics_listener.local_addr()?;
@@ -211,6 +235,7 @@ impl Gateway {
             shared.health.clone(),
             background.clone(),
         ));
+        auth.watch(metrics.clone(), &background);
         if let RoutingSource::File {
             path,
             reload_interval,

@@ -43,6 +43,8 @@ pub struct BatchContext<'a> {
     pub req_guid: &'a str,
     /// The connection group.
     pub group: &'a str,
+    /// The sender's tenant.
+    pub tenant: Option<&'a str>,
     /// The client's send time, Unix microseconds.
     pub sent_time_micros: Option<i64>,
     /// When the gateway received the batch.

@@ -36,10 +36,6 @@ impl Router {
 }
 
 /// Watches a routing file and swaps in each new version that compiles.
-///
-/// Polls the content rather than using file-system events: a Kubernetes ConfigMap mount
-/// changes through a symlink swap, which content polling sees and inotify on the file
-/// does not.
 pub async fn watch_routing_file(
     router: Arc<Router>,
     path: PathBuf,
@@ -47,31 +43,26 @@ pub async fn watch_routing_file(
     metrics: Arc<super::metrics::Metrics>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut last = tokio::fs::read(&path).await.ok();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let now = tokio::fs::read(&path).await.ok();
-        if now == last {
-            continue;
-        }
-        last = now;
-        match load_routing_file(&path) {
+    let initial = tokio::fs::read(&path).await.ok();
+    let file = path.clone();
+    super::reload::watch_file(
+        path,
+        interval,
+        initial,
+        stop,
+        move |_| match load_routing_file(&file) {
             Ok(table) => {
                 router.replace(table);
                 metrics.routing_reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(path = %path.display(), "routing table reloaded");
+                tracing::info!(path = %file.display(), "routing table reloaded");
             }
             Err(error) => {
                 metrics.routing_reloads.with_label_values(&["error"]).inc();
                 tracing::error!(%error, "routing file rejected; keeping the previous table");
             }
-        }
-    }
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -88,11 +79,11 @@ mod tests {
         let path = dir.path().join("routing.yaml");
         std::fs::write(&path, "rules:\n  - exact: a\n    topic: first\n").unwrap();
         let router = Router::new(Arc::new(load_routing_file(&path).unwrap()));
-        assert_eq!(router.table().route("a"), topic("first"));
+        assert_eq!(router.table().route(None, "a"), topic("first"));
 
         std::fs::write(&path, "rules:\n  - exact: a\n    topic: second\n").unwrap();
         router.replace(load_routing_file(&path).unwrap());
-        assert_eq!(router.table().route("a"), topic("second"));
+        assert_eq!(router.table().route(None, "a"), topic("second"));
 
         std::fs::write(&path, "rules:\n  - exact: a\n    topik: typo\n").unwrap();
         let err = load_routing_file(&path).err().unwrap();
@@ -100,6 +91,6 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         let err = load_routing_file(&path).err().unwrap();
         assert!(err.to_string().contains("empty"), "{err}");
-        assert_eq!(router.table().route("a"), topic("second"));
+        assert_eq!(router.table().route(None, "a"), topic("second"));
     }
 }

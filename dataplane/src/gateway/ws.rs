@@ -58,6 +58,7 @@ use super::decode::{self, ContentKind, Encoding};
 use super::identity::{ConnectionGuard, Identity};
 use super::ingest::Transport;
 use super::json::Dialect;
+use super::quota::ConnectionQuota;
 use super::ws_wire::{self, FrameReader, Incoming};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -99,9 +100,10 @@ pub async fn serve(
     io: Connection,
     shared: Arc<Shared>,
     identity: Identity,
-    guard: ConnectionGuard,
+    guards: (ConnectionGuard, ConnectionQuota),
     event_results: bool,
 ) {
+    let (guard, quota) = guards;
     let gauge = {
         let group_label = shared.metrics.groups.get(&identity.group);
         shared.metrics.connections.with_label_values(&[group_label])
@@ -113,7 +115,11 @@ pub async fn serve(
     Box::pin(ending).await;
     gauge.dec();
     drop(guard);
+    drop(quota);
 }
+
+/// The close code for credentials that stopped holding (IANA's 3000, "Unauthorized").
+const CLOSE_UNAUTHORIZED: CloseCode = CloseCode::Iana(3000);
 
 /// How long a closing session keeps reading (and discarding) after its last frame, so
 /// that unread client bytes do not make the kernel reset the connection before the
@@ -204,6 +210,14 @@ impl Session {
         let write_timeout = settings.limits.write_timeout;
         let stop = |why: Ending| Some((why, tokio::time::Instant::now() + drain));
         let now = || Some((Ending::Gone, tokio::time::Instant::now()));
+        // A JWT's expiry ends the connection; a revoked key is noticed at the next ping
+        // (and each batch after it is refused, see `process`).
+        let expires = identity.principal.expires.map(|at| {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::Instant::now() + left + settings.auth.jwt.leeway
+        });
         loop {
             if let Some((Ending::NotReading | Ending::Stuck | Ending::Gone, _)) = ending {
                 break;
@@ -260,11 +274,16 @@ impl Session {
                 _ = tokio::time::sleep_until(give_up_at.unwrap_or_else(tokio::time::Instant::now)), if give_up_at.is_some() => {
                     ending = Some((Ending::NotReading, tokio::time::Instant::now()));
                 }
+                _ = tokio::time::sleep_until(expires.unwrap_or_else(tokio::time::Instant::now)), if ending.is_none() && expires.is_some() => {
+                    ending = stop(Ending::Close(CLOSE_UNAUTHORIZED, "the JWT expired".into()));
+                }
                 _ = ping.tick(), if ending.is_none() => {
                     if self.reader.take_progress() {
                         last_heard = Instant::now();
                     }
-                    if last_heard.elapsed() >= settings.websocket.idle_timeout {
+                    if let Err(error) = shared.auth.still_valid(&identity.principal) {
+                        ending = stop(Ending::Close(CLOSE_UNAUTHORIZED, error.to_string()));
+                    } else if last_heard.elapsed() >= settings.websocket.idle_timeout {
                         ending = stop(Ending::Close(CloseCode::Away, "idle timeout".into()));
                     } else if !self.outbox.has_frames() {
                         // A busy outbox will do as a liveness probe.
@@ -379,6 +398,13 @@ async fn process(
         .await
     {
         Ok((request, encoding)) => {
+            if let Err(error) = shared.auth.still_valid(&identity.principal) {
+                let rejection = Rejection::from(error);
+                shared
+                    .ingestor
+                    .answered(Transport::WebSocket, rejection.code(), received);
+                return (rejection.response(&request.req_guid), encoding);
+            }
             let response = shared
                 .ingestor
                 .ingest(

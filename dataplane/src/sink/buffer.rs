@@ -32,6 +32,8 @@ pub struct SinkRecord {
     pub req_guid: Option<String>,
     /// `weir-conn-group`.
     pub conn_group: Option<String>,
+    /// `weir-tenant`.
+    pub tenant: Option<String>,
     /// `weir-sent-time`, Unix microseconds.
     pub sent_time_us: Option<i64>,
     /// `weir-receive-time`, Unix microseconds.
@@ -63,6 +65,7 @@ impl SinkRecord {
         out.event_type = read.event_type.unwrap_or_default();
         out.req_guid = read.req_guid;
         out.conn_group = read.conn_group;
+        out.tenant = read.tenant;
         out.sent_time_us = read.sent_time_us;
         out.receive_time_us = read.receive_time_us;
         if out.event_type.is_empty() {
@@ -85,6 +88,7 @@ impl SinkRecord {
             + self.event_type.len()
             + self.req_guid.as_ref().map_or(0, String::len)
             + self.conn_group.as_ref().map_or(0, String::len)
+            + self.tenant.as_ref().map_or(0, String::len)
             + self.source_position.as_ref().map_or(0, String::len)
     }
 

@@ -32,7 +32,7 @@ use jsonl::{dead_letter_json, jsonl, metadata_json, payload_json};
 mod jsonl;
 
 /// The metadata columns every file starts with, in order.
-pub const METADATA_COLUMNS: [&str; 10] = [
+pub const METADATA_COLUMNS: [&str; 11] = [
     "_topic",
     "_partition",
     "_offset",
@@ -43,6 +43,7 @@ pub const METADATA_COLUMNS: [&str; 10] = [
     "_conn_group",
     "_sent_time",
     "_receive_time",
+    "_tenant",
 ];
 
 /// The column holding an undecoded payload.
@@ -138,6 +139,9 @@ struct TypedPayload {
 /// The records of one file, with their decoded payloads.
 type Rows<'a> = Vec<(&'a SinkRecord, Option<DynamicMessage>)>;
 
+/// What puts records in one file: (tenant, event type, time bucket).
+type FileKey<'a> = (Option<&'a str>, &'a str, i64);
+
 /// Turns ranges of records into files, following the spec's format, layout and schema.
 #[derive(Clone)]
 pub struct Encoder {
@@ -230,8 +234,8 @@ impl Encoder {
             layout::extension(self.format, gzip),
         );
         let mut files = Vec::with_capacity(groups.len() + 1);
-        for ((event_type, bucket), rows) in groups {
-            let dir = layout::partition_dir(event_type, bucket * width, self.granularity);
+        for ((tenant, event_type, bucket), rows) in groups {
+            let dir = layout::partition_dir(tenant, event_type, bucket * width, self.granularity);
             let bytes = match self.format {
                 FileFormat::Parquet => self.parquet(topic, partition, event_type, &rows)?,
                 FileFormat::Jsonl => {
@@ -279,8 +283,8 @@ impl Encoder {
         &self,
         records: &'a [SinkRecord],
         width: i64,
-    ) -> (BTreeMap<(&'a str, i64), Rows<'a>>, Vec<DeadLetter>) {
-        let mut groups: BTreeMap<(&str, i64), Rows<'_>> = BTreeMap::new();
+    ) -> (BTreeMap<FileKey<'a>, Rows<'a>>, Vec<DeadLetter>) {
+        let mut groups: BTreeMap<FileKey<'_>, Rows<'_>> = BTreeMap::new();
         let mut dead_letters = Vec::new();
         for (index, record) in records.iter().enumerate() {
             let decoded = match self.types.get(&record.event_type) {
@@ -295,7 +299,7 @@ impl Encoder {
             };
             let bucket = record.event_time_us(self.event_time).div_euclid(width);
             groups
-                .entry((&record.event_type, bucket))
+                .entry((record.tenant.as_deref(), &record.event_type, bucket))
                 .or_default()
                 .push((record, decoded));
         }
@@ -420,6 +424,7 @@ fn metadata_columns(
     let mut types = StringBuilder::new();
     let mut guids = StringBuilder::new();
     let mut groups = StringBuilder::new();
+    let mut tenants = StringBuilder::new();
     let mut sent = TimestampMicrosecondBuilder::with_capacity(n).with_timezone(UTC);
     let mut received = TimestampMicrosecondBuilder::with_capacity(n).with_timezone(UTC);
     for r in records {
@@ -431,6 +436,7 @@ fn metadata_columns(
         types.append_value(&r.event_type);
         guids.append_option(r.req_guid.as_deref());
         groups.append_option(r.conn_group.as_deref());
+        tenants.append_option(r.tenant.as_deref());
         sent.append_option(r.sent_time_us);
         received.append_option(r.receive_time_us);
     }
@@ -448,6 +454,7 @@ fn metadata_columns(
         (DataType::Utf8, true),
         (timestamp_type(), true),
         (timestamp_type(), true),
+        (DataType::Utf8, true),
     ];
     let fields = METADATA_COLUMNS
         .iter()
@@ -465,6 +472,7 @@ fn metadata_columns(
         Arc::new(groups.finish()),
         Arc::new(sent.finish()),
         Arc::new(received.finish()),
+        Arc::new(tenants.finish()),
     ];
     (fields, columns)
 }

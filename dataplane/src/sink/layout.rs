@@ -1,7 +1,7 @@
 //! Where things go in the object store. Pure functions of their inputs.
 //!
 //! ```text
-//! <prefix>/event_type=<type>/dt=YYYY-MM-DD/hour=HH/<topic>+<partition>+<start>.parquet
+//! <prefix>[/tenant=<tenant>]/event_type=<type>/dt=YYYY-MM-DD/hour=HH/<topic>+<partition>+<start>.parquet
 //! <prefix>/<dead letter prefix>/topic=<topic>/<topic>+<partition>+<start>.jsonl
 //! <prefix>/_weir/progress/<topic>/<partition>/<start>.json
 //! ```
@@ -50,9 +50,27 @@ pub fn escape_partition_value(value: &str) -> String {
     out
 }
 
-/// The partition directory (relative to the prefix) of a record of `event_type` at
-/// `event_time_us` (Unix microseconds).
-pub fn partition_dir(event_type: &str, event_time_us: i64, granularity: Granularity) -> String {
+/// The partition directory (relative to the prefix) of a record of `tenant` and
+/// `event_type` at `event_time_us` (Unix microseconds). The tenant comes first, so one
+/// tenant's data is one prefix that can be granted or deleted alone; records without a
+/// tenant (senders without one) have no tenant level.
+pub fn partition_dir(
+    tenant: Option<&str>,
+    event_type: &str,
+    event_time_us: i64,
+    granularity: Granularity,
+) -> String {
+    match tenant {
+        Some(tenant) => format!(
+            "tenant={}/{}",
+            escape_partition_value(tenant),
+            type_and_time_dir(event_type, event_time_us, granularity)
+        ),
+        None => type_and_time_dir(event_type, event_time_us, granularity),
+    }
+}
+
+fn type_and_time_dir(event_type: &str, event_time_us: i64, granularity: Granularity) -> String {
     let time = DateTime::<Utc>::from_timestamp_micros(event_time_us).unwrap_or_default();
     let event_type = escape_partition_value(event_type);
     let (y, m, d) = (time.year(), time.month(), time.day());
@@ -159,12 +177,19 @@ mod tests {
         // 2026-11-22T04:05:06Z
         let t = 1_795_320_306_000_000;
         assert_eq!(
-            partition_dir("page_view", t, Granularity::Hour),
+            partition_dir(None, "page_view", t, Granularity::Hour),
             "event_type=page_view/dt=2026-11-22/hour=04"
         );
         assert_eq!(
-            partition_dir("page_view", t, Granularity::Day),
+            partition_dir(None, "page_view", t, Granularity::Day),
             "event_type=page_view/dt=2026-11-22"
+        );
+        assert_eq!(
+            partition_dir(Some("acme"), "page_view", t, Granularity::Day),
+            format!(
+                "tenant=acme/{}",
+                partition_dir(None, "page_view", t, Granularity::Day)
+            )
         );
     }
 

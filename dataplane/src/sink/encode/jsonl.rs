@@ -25,6 +25,7 @@ pub(super) fn metadata_json(topic: &str, partition: i32, r: &SinkRecord) -> Map<
         json!(r.conn_group),
         json!(r.sent_time_us),
         json!(r.receive_time_us),
+        json!(r.tenant),
     ];
     METADATA_COLUMNS
         .iter()

@@ -48,6 +48,7 @@ fn record(offset: i64, event_type: &str, payload: Vec<u8>) -> SinkRecord {
         event_type: event_type.into(),
         req_guid: Some("g".into()),
         conn_group: None,
+        tenant: None,
         sent_time_us: Some(1),
         receive_time_us: Some(1_795_320_306_000_000),
         source_position: None,
@@ -324,6 +325,43 @@ fn a_range_splits_by_type_and_hour_and_encodes_deterministically() {
 }
 
 #[test]
+fn a_tenant_is_a_column_and_the_first_partition_level() {
+    let encoder = Encoder::new(&settings(SinkSpec::default())).unwrap();
+    let mut records = Vec::new();
+    for (offset, tenant) in [Some("acme"), Some("globex"), None, Some("acme")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = record(offset as i64, "a", vec![offset as u8]);
+        r.tenant = tenant.map(str::to_string);
+        records.push(r);
+    }
+    let range = encoder.encode("t", 0, 0.into(), &records).unwrap();
+    let paths: Vec<(&str, usize)> = range
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.records))
+        .collect();
+    let name = "dt=2026-11-22/hour=04/t+0+00000000000000000000.parquet";
+    assert_eq!(
+        paths,
+        vec![
+            (format!("event_type=a/{name}").as_str(), 1),
+            (format!("tenant=acme/event_type=a/{name}").as_str(), 2),
+            (format!("tenant=globex/event_type=a/{name}").as_str(), 1),
+        ]
+    );
+    let acme = read_parquet(&range.files[1].bytes);
+    let column = acme
+        .column_by_name("_tenant")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow_array::StringArray>()
+        .unwrap();
+    assert!(column.iter().all(|t| t == Some("acme")));
+}
+
+#[test]
 fn json_lines_carry_metadata_and_payloads() {
     let mut spec = SinkSpec::default();
     spec.format.kind = FileFormat::Jsonl;
@@ -348,6 +386,7 @@ fn json_lines_carry_metadata_and_payloads() {
     assert_eq!(lines[0]["payload"]["x"], 1);
     assert_eq!(lines[0]["_topic"], "t");
     assert_eq!(lines[0]["_key"], "aw==");
+    assert!(lines[0].get("_tenant").is_none(), "no tenant, no key");
     assert_eq!(lines[1]["payload_base64"], "/w==");
     assert!(lines[1].get("payload").is_none());
 }

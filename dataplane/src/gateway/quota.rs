@@ -1,0 +1,330 @@
+//! Quotas per tenant and per API key: events/s and bytes/s as token buckets (GCRA, from
+//! `governor`), and open WebSocket connections as counters.
+//!
+//! Invariants:
+//! - A batch is checked whole before admission: it is published entirely or refused
+//!   entirely (RATE_LIMITED with the wait until it would fit), so nothing accepted is
+//!   ever dropped for a quota. Its tenant's buckets are checked first, then its key's.
+//!   A batch refused by a later bucket has used the earlier buckets' tokens (a bucket
+//!   cannot give tokens back), which errs on the side of the limit.
+//! - A batch larger than a whole bucket can never pass; it is refused as BAD_REQUEST
+//!   (retrying would not help) with the limit in the message.
+//! - At most `tenants.maxTracked` tenants and keys have state; past it, those with no
+//!   open connection are forgotten and start again with a full bucket.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+use weir_crds::auth::{QuotaSpec, TenantsSpec};
+
+use super::ack::Rejection;
+use super::auth::Principal;
+
+/// Buckets and connection count of one tenant or key.
+struct Usage {
+    events: Option<DefaultDirectRateLimiter>,
+    bytes: Option<DefaultDirectRateLimiter>,
+    max_connections: u32,
+    connections: u32,
+}
+
+impl Usage {
+    fn new(quota: &QuotaSpec, burst_seconds: u32) -> Self {
+        let bucket = |rate: u32| {
+            let rate = NonZeroU32::new(rate)?;
+            let burst = NonZeroU32::new(rate.get().saturating_mul(burst_seconds))
+                .expect("burstSeconds is at least 1");
+            Some(DefaultDirectRateLimiter::direct(
+                Quota::per_second(rate).allow_burst(burst),
+            ))
+        };
+        Self {
+            events: bucket(quota.events_per_second),
+            bytes: bucket(quota.bytes_per_second),
+            max_connections: quota.max_connections,
+            connections: 0,
+        }
+    }
+}
+
+/// Whose quota: a tenant or an API key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Owner {
+    Tenant,
+    Key,
+}
+
+impl Owner {
+    fn describe(self, name: &str) -> String {
+        match self {
+            Owner::Tenant => format!("tenant {name}"),
+            Owner::Key => format!("API key {name}"),
+        }
+    }
+}
+
+/// The quota state of every tenant and key seen.
+pub struct Quotas {
+    spec: TenantsSpec,
+    /// Whether any quota is set at all; when not, checks are free.
+    active: bool,
+    usage: Mutex<HashMap<(Owner, Arc<str>), Usage>>,
+}
+
+/// A WebSocket connection counted against its tenant's and key's `maxConnections`;
+/// uncounted on drop.
+pub struct ConnectionQuota {
+    quotas: Arc<Quotas>,
+    counted: Vec<(Owner, Arc<str>)>,
+}
+
+impl Drop for ConnectionQuota {
+    fn drop(&mut self) {
+        let mut usage = self.quotas.usage.lock().expect("quota lock");
+        for owner in &self.counted {
+            if let Some(u) = usage.get_mut(owner) {
+                u.connections = u.connections.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Quotas {
+    /// Quotas from the spec.
+    pub fn new(spec: &TenantsSpec) -> Self {
+        let set = |q: &QuotaSpec| *q != QuotaSpec::default();
+        let active = set(&spec.quota) || set(&spec.key_quota) || spec.quotas.values().any(set);
+        Self {
+            spec: spec.clone(),
+            active,
+            usage: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The quotas that apply to a principal, as (owner, name, quota).
+    fn owners(&self, principal: &Principal) -> Vec<(Owner, Arc<str>, QuotaSpec)> {
+        let mut owners = Vec::with_capacity(2);
+        if let Some(tenant) = &principal.tenant {
+            let quota = self.spec.quotas.get(&**tenant).unwrap_or(&self.spec.quota);
+            owners.push((Owner::Tenant, tenant.clone(), quota.clone()));
+        }
+        if let Some(key) = &principal.key {
+            let base = &self.spec.key_quota;
+            let quota = QuotaSpec {
+                events_per_second: key.events_per_second.unwrap_or(base.events_per_second),
+                bytes_per_second: key.bytes_per_second.unwrap_or(base.bytes_per_second),
+                max_connections: key.max_connections.unwrap_or(base.max_connections),
+            };
+            owners.push((Owner::Key, key.label.clone(), quota));
+        }
+        owners.retain(|(_, _, q)| *q != QuotaSpec::default());
+        owners
+    }
+
+    /// Runs `f` on an owner's usage, creating it (and making room) first.
+    fn with_usage<T>(
+        &self,
+        owner: Owner,
+        name: &Arc<str>,
+        quota: &QuotaSpec,
+        f: impl FnOnce(&mut Usage) -> T,
+    ) -> T {
+        let mut usage = self.usage.lock().expect("quota lock");
+        let key = (owner, name.clone());
+        if !usage.contains_key(&key) && usage.len() >= self.spec.max_tracked {
+            usage.retain(|_, u| u.connections > 0);
+        }
+        let entry = usage
+            .entry(key)
+            .or_insert_with(|| Usage::new(quota, self.spec.burst_seconds));
+        f(entry)
+    }
+
+    /// Takes a batch of `events` events and `bytes` bytes from the principal's buckets,
+    /// or says how long to wait.
+    pub fn take(
+        &self,
+        principal: &Principal,
+        events: usize,
+        bytes: usize,
+    ) -> Result<(), Rejection> {
+        if !self.active {
+            return Ok(());
+        }
+        for (owner, name, quota) in self.owners(principal) {
+            self.with_usage(owner, &name, &quota, |usage| {
+                for (bucket, amount, unit, field) in [
+                    (&usage.events, events, "events", "eventsPerSecond"),
+                    (&usage.bytes, bytes, "bytes", "bytesPerSecond"),
+                ] {
+                    let (Some(bucket), Some(n)) =
+                        (bucket, NonZeroU32::new(u32::try_from(amount).unwrap_or(u32::MAX)))
+                    else {
+                        continue;
+                    };
+                    match bucket.check_n(n) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(not_until)) => {
+                            let wait = not_until.wait_time_from(DefaultClock::default().now());
+                            return Err(Rejection::QuotaExceeded {
+                                message: format!(
+                                    "{} is over its quota of {field} ({unit}); retry in {:.1}s",
+                                    owner.describe(&name),
+                                    wait.as_secs_f64()
+                                ),
+                                retry_after: wait,
+                            });
+                        }
+                        Err(capacity) => {
+                            return Err(Rejection::BadRequest(format!(
+                                "a batch of {amount} {unit} exceeds what {} may send at once ({} {unit}: {field} × tenants.burstSeconds); send smaller batches",
+                                owner.describe(&name),
+                                capacity.0
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Counts a new WebSocket connection, or refuses it when its tenant or key has
+    /// `maxConnections` open.
+    pub fn connect(self: &Arc<Self>, principal: &Principal) -> Result<ConnectionQuota, Rejection> {
+        let mut guard = ConnectionQuota {
+            quotas: self.clone(),
+            counted: Vec::new(),
+        };
+        if !self.active {
+            return Ok(guard);
+        }
+        for (owner, name, quota) in self.owners(principal) {
+            self.with_usage(owner, &name, &quota, |usage| {
+                if usage.max_connections > 0 && usage.connections >= usage.max_connections {
+                    return Err(Rejection::QuotaExceeded {
+                        message: format!(
+                            "{} has its quota of {} WebSocket connections (maxConnections) open",
+                            owner.describe(&name),
+                            usage.max_connections
+                        ),
+                        retry_after: Duration::from_secs(5),
+                    });
+                }
+                usage.connections += 1;
+                Ok(())
+            })?;
+            guard.counted.push((owner, name));
+        }
+        Ok(guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(t: &str) -> Principal {
+        Principal {
+            tenant: Some(t.into()),
+            ..Default::default()
+        }
+    }
+
+    fn spec(events: u32, bytes: u32, connections: u32) -> TenantsSpec {
+        TenantsSpec {
+            quota: QuotaSpec {
+                events_per_second: events,
+                bytes_per_second: bytes,
+                max_connections: connections,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_quota_no_limit() {
+        let q = Quotas::new(&TenantsSpec::default());
+        for _ in 0..1000 {
+            q.take(&tenant("a"), 1_000_000, 1 << 30).unwrap();
+        }
+        assert!(
+            q.usage.lock().unwrap().is_empty(),
+            "no state without quotas"
+        );
+    }
+
+    #[test]
+    fn events_bucket_refuses_then_recovers() {
+        let q = Quotas::new(&spec(100, 0, 0));
+        q.take(&tenant("a"), 60, 10).unwrap();
+        match q.take(&tenant("a"), 60, 10) {
+            Err(Rejection::QuotaExceeded {
+                message,
+                retry_after,
+            }) => {
+                assert!(message.contains("tenant a") && message.contains("eventsPerSecond"));
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another tenant has its own bucket.
+        q.take(&tenant("b"), 100, 10).unwrap();
+        // Too big for the bucket at all: retrying cannot help.
+        assert!(matches!(
+            q.take(&tenant("c"), 101, 10),
+            Err(Rejection::BadRequest(m)) if m.contains("smaller batches")
+        ));
+        std::thread::sleep(Duration::from_millis(700));
+        q.take(&tenant("a"), 60, 10).unwrap();
+    }
+
+    #[test]
+    fn per_tenant_override_and_bytes() {
+        let mut s = spec(0, 1000, 0);
+        s.quotas.insert(
+            "big".into(),
+            QuotaSpec {
+                bytes_per_second: 1_000_000,
+                ..Default::default()
+            },
+        );
+        let q = Quotas::new(&s);
+        q.take(&tenant("big"), 1, 500_000).unwrap();
+        q.take(&tenant("small"), 1, 900).unwrap();
+        assert!(matches!(
+            q.take(&tenant("small"), 1, 200),
+            Err(Rejection::QuotaExceeded { message, .. }) if message.contains("bytesPerSecond")
+        ));
+    }
+
+    #[test]
+    fn connections_are_counted_and_released() {
+        let q = Arc::new(Quotas::new(&spec(0, 0, 2)));
+        let a = q.connect(&tenant("a")).unwrap();
+        let _b = q.connect(&tenant("a")).unwrap();
+        assert!(matches!(
+            q.connect(&tenant("a")),
+            Err(Rejection::QuotaExceeded { .. })
+        ));
+        let _other = q.connect(&tenant("x")).unwrap();
+        drop(a);
+        q.connect(&tenant("a")).unwrap();
+    }
+
+    #[test]
+    fn tracked_state_is_bounded() {
+        let mut s = spec(10, 0, 0);
+        s.max_tracked = 3;
+        let q = Quotas::new(&s);
+        for i in 0..10 {
+            q.take(&tenant(&format!("t{i}")), 1, 1).unwrap();
+        }
+        assert!(q.usage.lock().unwrap().len() <= 3);
+    }
+}
