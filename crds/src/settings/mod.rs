@@ -6,7 +6,7 @@
 mod gateway;
 mod sink;
 
-pub use gateway::{DELIVERY_GRACE, GatewayAddrs, GatewaySettings, RoutingSource};
+pub use gateway::{DELIVERY_GRACE, GatewayAddrs, GatewaySettings, RoutingSource, TlsFiles};
 pub use sink::SinkSettings;
 
 use crate::config::{ConfigError, invalid};

@@ -15,6 +15,9 @@
 //! - The HTTP port takes one new connection per turn of the scheduler, so the
 //!   handshakes of a connection storm interleave with the work of connections already
 //!   sending rather than queue ahead of it.
+//! - With TLS, each connection's handshake runs on its own (in the connection's task on
+//!   the HTTP port, concurrently with other handshakes on the gRPC port) and must end
+//!   within `limits.headerReadTimeout`; a failed handshake closes only its connection.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,15 +26,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_io_timeout::TimeoutStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use weir_crds::pipeline::LimitsSpec;
 
@@ -97,11 +102,28 @@ impl ConnectionLimits {
             };
         }
     }
+
+    /// The TLS handshake of an accepted connection, within `limits.headerReadTimeout`.
+    async fn secure(&self, stream: GuardedStream, tls: &TlsAcceptor) -> io::Result<GuardedStream> {
+        let GuardedStream { io, remote, _slot } = stream;
+        let handshake = tokio::time::timeout(self.header_read_timeout, tls.accept(io))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        Ok(GuardedStream {
+            io: Box::pin(handshake),
+            remote,
+            _slot,
+        })
+    }
 }
+
+/// What a connection reads and writes: the socket, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> Io for T {}
 
 /// An accepted socket with its timeouts, holding its connection slot until dropped.
 pub struct GuardedStream {
-    io: Pin<Box<TimeoutStream<TcpStream>>>,
+    io: Pin<Box<dyn Io>>,
     remote: SocketAddr,
     _slot: OwnedSemaphorePermit,
 }
@@ -154,15 +176,36 @@ impl tonic::transport::server::Connected for GuardedStream {
     }
 }
 
-/// The gRPC port's connections, for `serve_with_incoming_shutdown`.
+/// The gRPC port's connections, for `serve_with_incoming_shutdown`. With TLS, accepted
+/// sockets are handshaken concurrently and come out as their handshakes end; failed
+/// handshakes are dropped (and logged at debug level).
 pub fn incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
 ) -> impl Stream<Item = io::Result<GuardedStream>> {
-    futures_util::stream::unfold((listener, limits), |(listener, limits)| async move {
-        let stream = limits.accept(&listener).await;
-        Some((Ok(stream), (listener, limits)))
-    })
+    let handshakes = FuturesUnordered::new();
+    futures_util::stream::unfold(
+        (listener, limits, tls, handshakes),
+        |(listener, limits, tls, mut handshakes)| async move {
+            let Some(acceptor) = &tls else {
+                let stream = limits.accept(&listener).await;
+                return Some((Ok(stream), (listener, limits, tls, handshakes)));
+            };
+            loop {
+                tokio::select! {
+                    stream = limits.accept(&listener) => {
+                        let (limits, acceptor) = (limits.clone(), acceptor.clone());
+                        handshakes.push(async move { limits.secure(stream, &acceptor).await });
+                    }
+                    Some(done) = handshakes.next(), if !handshakes.is_empty() => match done {
+                        Ok(stream) => return Some((Ok(stream), (listener, limits, tls, handshakes))),
+                        Err(error) => tracing::debug!(%error, "TLS handshake failed"),
+                    },
+                }
+            }
+        },
+    )
 }
 
 /// Serves an axum app (WebSocket upgrades included) on `listener` under `limits` until
@@ -171,6 +214,7 @@ pub fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -180,6 +224,7 @@ pub fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
         builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let stream = tokio::select! {
@@ -187,6 +232,27 @@ pub fn serve(
                 stream = limits.accept(&listener) => stream,
             };
             let service = TowerToHyperService::new(app.clone());
+            if let Some(acceptor) = &tls {
+                let (limits, acceptor) = (limits.clone(), acceptor.clone());
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let stream = match limits.secure(stream, &acceptor).await {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::debug!(%error, "TLS handshake failed");
+                            return;
+                        }
+                    };
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(error) = watcher.watch(connection).await {
+                        tracing::debug!(%error, "HTTP connection ended");
+                    }
+                });
+                tokio::task::yield_now().await;
+                continue;
+            }
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();

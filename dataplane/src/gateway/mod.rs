@@ -25,6 +25,7 @@ pub mod publish;
 pub mod quota;
 pub mod reload;
 pub mod route;
+pub mod tls;
 pub mod ws;
 pub mod ws_wire;
 
@@ -144,6 +145,7 @@ fn serve_grpc(
     shared: Arc<Shared>,
     listener: TcpListener,
     connections: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> JoinHandle<()> {
     let stop = shared.shutdown.clone();
     let (raccoon, weir) = grpc::services(shared.clone());
@@ -154,9 +156,10 @@ fn serve_grpc(
             .layer(grpc::decode_batches(shared))
             .add_service(raccoon)
             .add_service(weir)
-            .serve_with_incoming_shutdown(listener::incoming(listener, connections), async move {
-                stop.cancelled().await
-            })
+            .serve_with_incoming_shutdown(
+                listener::incoming(listener, connections, tls),
+                async move { stop.cancelled().await },
+            )
             .await;
         if let Err(error) = served {
             tracing::error!(%error, "gRPC server failed");
@@ -182,6 +185,10 @@ impl Gateway {
             .context("cannot create the Kafka producer (check kafka.properties)")?,
         );
         let auth = Arc::new(Authenticator::load(&spec.auth).await?);
+        let tls = match &spec.tls {
+            Some(files) => Some(Arc::new(tls::Tls::load(files)?)),
+            None => None,
+        };
         let quotas = Arc::new(Quotas::new(&spec.tenants));
         let ingestor = Ingestor::new(
             router.clone(),
@@ -215,12 +222,21 @@ impl Gateway {
             http_listener,
             http::routes(shared.clone()),
             ConnectionLimits::new(&shared.settings.limits, metrics.clone(), "http"),
+            tls.as_ref().map(|t| t.http.clone()),
             shared.shutdown.clone(),
         );
         let grpc_connections =
             ConnectionLimits::new(&shared.settings.limits, metrics.clone(), "grpc");
 
-        let grpc_server = serve_grpc(shared.clone(), grpc_listener, grpc_connections);
+        let grpc_server = serve_grpc(
+            shared.clone(),
+            grpc_listener,
+            grpc_connections,
+            tls.as_ref().map(|t| t.grpc.clone()),
+        );
+        if let (Some(tls), Some(files)) = (&tls, &shared.settings.tls) {
+            tls.watch(files, metrics.clone(), &background);
+        }
 
         // The metrics port outlives the drain, so readiness can say "draining".
         let ops_server = weir_runtime::telemetry::serve_http(
