@@ -97,9 +97,54 @@ pub struct GatewayWorkload {
     /// of the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_secret: Option<String>,
+    /// Secrets the gateway's credentials and certificate come from. Each is mounted as
+    /// files and the matching setting (`auth.apiKeysFile`, `auth.jwt.jwksFile`,
+    /// `auth.jwt.hmacSecretFile`, `auth.tokensFile`, `listen.tls`) points at them; the
+    /// gateway reloads them when the kubelet updates the mount, without a restart.
+    #[serde(default, skip_serializing_if = "GatewaySecrets::is_empty")]
+    pub secrets: GatewaySecrets,
     /// Scheduling, identity and logging of the gateway's pods.
     #[serde(default, skip_serializing_if = "PodSettings::is_empty")]
     pub pod: PodSettings,
+}
+
+/// Where the gateway's credentials and certificate come from.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySecrets {
+    /// The API keys file (`auth.apiKeysFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<SecretKeyRef>,
+    /// A JWKS document (`auth.jwt.jwksFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<SecretKeyRef>,
+    /// The HS256 secret (`auth.jwt.hmacSecretFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_secret: Option<SecretKeyRef>,
+    /// Static tokens, one per line (`auth.tokensFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<SecretKeyRef>,
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`), for example one
+    /// cert-manager keeps renewed (`listen.tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+}
+
+impl GatewaySecrets {
+    /// Whether nothing is set (so it does not serialize).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One key of a Secret in the resource's namespace.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// The Secret.
+    pub name: String,
+    /// The key within it.
+    pub key: String,
 }
 
 /// What a workload's pods carry besides the container Weir defines: the pod-level

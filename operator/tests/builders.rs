@@ -317,3 +317,80 @@ fn pod_settings_reach_the_pod_template() {
         "Argo CD's tracking label is left to Argo CD"
     );
 }
+
+#[test]
+fn gateway_secrets_are_mounted_and_the_settings_point_at_them() {
+    use weir_crds::resources::{GatewaySecrets, SecretKeyRef};
+    let mut pipeline = pipeline();
+    let key = |name: &str, key: &str| {
+        Some(SecretKeyRef {
+            name: name.into(),
+            key: key.into(),
+        })
+    };
+    pipeline.spec.workload.secrets = GatewaySecrets {
+        api_keys: key("weir-keys", "keys.yaml"),
+        jwks: key("idp", "jwks.json"),
+        hmac_secret: None,
+        tokens: None,
+        tls: Some("gateway-tls".into()),
+    };
+    let children = build::gateway::build(&pipeline, &defaults()).unwrap();
+    let config = children
+        .iter()
+        .find(|c| c.kind() == "ConfigMap" && c.name().ends_with("-config"))
+        .unwrap()
+        .to_json();
+    let spec: weir_crds::PipelineSpec =
+        serde_yaml::from_str(config["data"]["pipeline.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        spec.auth.api_keys_file.as_deref(),
+        Some("/var/run/weir/api-keys/keys.yaml")
+    );
+    assert_eq!(
+        spec.auth.jwt.jwks_file.as_deref(),
+        Some("/var/run/weir/jwks/jwks.json")
+    );
+    assert_eq!(
+        spec.listen.tls.cert_file.as_deref(),
+        Some("/var/run/weir/tls/tls.crt")
+    );
+    assert_eq!(
+        spec.listen.tls.key_file.as_deref(),
+        Some("/var/run/weir/tls/tls.key")
+    );
+    let deployment = children
+        .iter()
+        .find(|c| c.kind() == "Deployment")
+        .unwrap()
+        .to_json();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().unwrap();
+    let secret = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["secret"].clone())
+            .unwrap_or_else(|| panic!("no volume {name}: {volumes:?}"))
+    };
+    assert_eq!(secret("api-keys")["secretName"], "weir-keys");
+    assert_eq!(secret("api-keys")["items"][0]["key"], "keys.yaml");
+    assert_eq!(secret("tls")["secretName"], "gateway-tls");
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["name"] == "jwks" && m["mountPath"] == "/var/run/weir/jwks"),
+        "{mounts:?}"
+    );
+
+    // A setting that names its own file as well as the Secret is refused.
+    pipeline.spec.pipeline.auth.api_keys_file = Some("/etc/keys.yaml".into());
+    let error = build::gateway::build(&pipeline, &defaults())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("spec.workload.secrets.apiKeys: auth.apiKeysFile is set too"),
+        "{error}"
+    );
+}

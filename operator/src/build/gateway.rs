@@ -2,10 +2,10 @@
 //! (configuration, routing table), a Deployment, a Service and, when asked, a
 //! HorizontalPodAutoscaler and a PodDisruptionBudget, each built by its kind's file.
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, SecretVolumeSource, Volume};
 use weir_crds::PipelineSpec;
 use weir_crds::pipeline::RoutingSpec;
-use weir_crds::resources::IngestPipeline;
+use weir_crds::resources::{GatewaySecrets, IngestPipeline, SecretKeyRef};
 
 use super::configmap::{config_map, config_volume, to_yaml};
 use super::deployment::{self, Rollout};
@@ -22,6 +22,8 @@ const CONFIG_DIR: &str = "/etc/weir/config";
 const CONFIG_FILE: &str = "pipeline.yaml";
 const ROUTING_DIR: &str = "/etc/weir/routing";
 const ROUTING_FILE: &str = "routing.yaml";
+/// Where `workload.secrets` are mounted, one directory each.
+const SECRETS_DIR: &str = "/var/run/weir";
 
 /// Names of a pipeline's gateway objects.
 pub fn workload_name(pipeline: &str) -> String {
@@ -70,12 +72,13 @@ fn service_ports(pipeline: &IngestPipeline) -> (i32, i32) {
 pub fn build(pipeline: &IngestPipeline, defaults: &Defaults) -> Result<Vec<Child>, InvalidSpec> {
     let owner = Owner::of(pipeline);
     let name = workload_name(&owner.name);
-    let ports = validate(&pipeline.spec.pipeline, &owner, &name)?;
-    super::pod::check_settings(&pipeline.spec.workload.pod)?;
     let workload = &pipeline.spec.workload;
+    let spec = effective_spec(&pipeline.spec.pipeline, &workload.secrets)?;
+    let ports = validate(&spec, &owner, &name)?;
+    super::pod::check_settings(&pipeline.spec.workload.pod)?;
 
-    let (config_map, routing_map) = config_maps(&owner, &name, &pipeline.spec.pipeline);
-    let config_hash = hash_of(&(&config_map.data, &workload.kafka_secret));
+    let (config_map, routing_map) = config_maps(&owner, &name, &spec);
+    let config_hash = hash_of(&(&config_map.data, &workload.kafka_secret, &workload.secrets));
     let template = pod(pipeline, defaults, &name, &ports, config_hash).template(&owner);
     // With an autoscaler the replica count is its to set.
     let replicas = match workload.autoscaling {
@@ -122,6 +125,117 @@ pub fn build(pipeline: &IngestPipeline, defaults: &Defaults) -> Result<Vec<Child
         children.push(Child::PodDisruptionBudget(budget));
     }
     Ok(children.into_iter().map(Child::stamp).collect())
+}
+
+/// The files of each Secret in `workload.secrets`: (volume, setting, Secret, keys).
+fn secret_files(
+    secrets: &GatewaySecrets,
+) -> Vec<(&'static str, &'static str, String, Vec<String>)> {
+    let mut files = Vec::new();
+    let mut key = |volume, setting, secret: &Option<SecretKeyRef>| {
+        if let Some(secret) = secret {
+            files.push((
+                volume,
+                setting,
+                secret.name.clone(),
+                vec![secret.key.clone()],
+            ));
+        }
+    };
+    key("api-keys", "auth.apiKeysFile", &secrets.api_keys);
+    key("jwks", "auth.jwt.jwksFile", &secrets.jwks);
+    key(
+        "hmac-secret",
+        "auth.jwt.hmacSecretFile",
+        &secrets.hmac_secret,
+    );
+    key("tokens", "auth.tokensFile", &secrets.tokens);
+    if let Some(tls) = &secrets.tls {
+        files.push((
+            "tls",
+            "listen.tls",
+            tls.clone(),
+            vec!["tls.crt".into(), "tls.key".into()],
+        ));
+    }
+    files
+}
+
+/// The spec the gateway runs: each setting `workload.secrets` provides points at the
+/// mounted file. A setting that names a file itself as well is refused: the pod would
+/// not have that file.
+fn effective_spec(
+    spec: &PipelineSpec,
+    secrets: &GatewaySecrets,
+) -> Result<PipelineSpec, InvalidSpec> {
+    let mut spec = spec.clone();
+    for (volume, setting, _, keys) in secret_files(secrets) {
+        let path = |key: &str| Some(format!("{SECRETS_DIR}/{volume}/{key}"));
+        let slot = match setting {
+            "auth.apiKeysFile" => &mut spec.auth.api_keys_file,
+            "auth.jwt.jwksFile" => &mut spec.auth.jwt.jwks_file,
+            "auth.jwt.hmacSecretFile" => &mut spec.auth.jwt.hmac_secret_file,
+            "auth.tokensFile" => &mut spec.auth.tokens_file,
+            _ => &mut spec.listen.tls.cert_file,
+        };
+        if slot.is_some() {
+            return Err(InvalidSpec::new(
+                format!("workload.secrets.{}", camel(volume)),
+                format!(
+                    "{setting} is set too; the operator sets it to the mounted Secret, so remove one of them"
+                ),
+            ));
+        }
+        *slot = path(&keys[0]);
+        if setting == "listen.tls" {
+            spec.listen.tls.key_file = path(&keys[1]);
+        }
+    }
+    Ok(spec)
+}
+
+/// `api-keys` → `apiKeys`.
+fn camel(volume: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in volume.chars() {
+        match (c, upper) {
+            ('-', _) => upper = true,
+            (c, true) => {
+                out.push(c.to_ascii_uppercase());
+                upper = false;
+            }
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+/// The Secret volumes of `workload.secrets`, each with its mount directory.
+fn secret_volumes(secrets: &GatewaySecrets) -> Vec<(Volume, String)> {
+    secret_files(secrets)
+        .into_iter()
+        .map(|(volume, _, secret, keys)| {
+            let items = keys
+                .iter()
+                .map(|key| KeyToPath {
+                    key: key.clone(),
+                    path: key.clone(),
+                    ..KeyToPath::default()
+                })
+                .collect();
+            let volume_spec = Volume {
+                name: volume.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret),
+                    items: Some(items),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            };
+            (volume_spec, format!("{SECRETS_DIR}/{volume}"))
+        })
+        .collect()
 }
 
 /// The gateway's listen ports.
@@ -213,10 +327,19 @@ fn pod<'a>(
         kafka_secret: workload.kafka_secret.as_ref(),
         resources: workload.resources.clone(),
         readiness_period: Some(5),
-        volumes: vec![
-            (config_volume("config", &config_name(name)), CONFIG_DIR),
-            (config_volume("routing", &routing_name(name)), ROUTING_DIR),
-        ],
+        volumes: [
+            (
+                config_volume("config", &config_name(name)),
+                CONFIG_DIR.into(),
+            ),
+            (
+                config_volume("routing", &routing_name(name)),
+                ROUTING_DIR.into(),
+            ),
+        ]
+        .into_iter()
+        .chain(secret_volumes(&workload.secrets))
+        .collect(),
         drain_timeout: pipeline.spec.pipeline.shutdown.drain_timeout,
         run_once: false,
         config_hash,

@@ -31,7 +31,7 @@ pub(super) struct Pod<'a> {
     /// whose exit code is its health).
     pub readiness_period: Option<i32>,
     /// Each volume with where it is mounted (read-only, under the volume's name).
-    pub volumes: Vec<(Volume, &'static str)>,
+    pub volumes: Vec<(Volume, String)>,
     /// The data plane's own drain timeout.
     pub drain_timeout: Duration,
     /// A batch job's pod: it runs once and is never restarted in place.

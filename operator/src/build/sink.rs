@@ -229,7 +229,10 @@ fn pod<'a>(
         kafka_secret: pipeline.spec.workload.kafka_secret.as_ref(),
         resources: workload.resources.clone(),
         readiness_period: (!batch).then_some(10),
-        volumes: volumes(name, workload),
+        volumes: volumes(name, workload)
+            .into_iter()
+            .map(|(volume, dir)| (volume, dir.to_string()))
+            .collect(),
         drain_timeout: spec.shutdown.drain_timeout,
         run_once: batch,
         config_hash,
