@@ -127,36 +127,49 @@ pub fn build(pipeline: &IngestPipeline, defaults: &Defaults) -> Result<Vec<Child
     Ok(children.into_iter().map(Child::stamp).collect())
 }
 
-/// The files of each Secret in `workload.secrets`: (volume, setting, Secret, keys).
-fn secret_files(
-    secrets: &GatewaySecrets,
-) -> Vec<(&'static str, &'static str, String, Vec<String>)> {
+/// One Secret of `workload.secrets`, as mounted.
+struct SecretFiles {
+    /// The volume's name, also its directory under [`SECRETS_DIR`].
+    volume: &'static str,
+    /// Its field under `workload.secrets`.
+    field: &'static str,
+    /// The setting that points at it.
+    setting: &'static str,
+    secret: String,
+    keys: Vec<String>,
+}
+
+/// The Secrets `workload.secrets` names.
+fn secret_files(secrets: &GatewaySecrets) -> Vec<SecretFiles> {
     let mut files = Vec::new();
-    let mut key = |volume, setting, secret: &Option<SecretKeyRef>| {
+    let mut key = |volume, field, setting, secret: &Option<SecretKeyRef>| {
         if let Some(secret) = secret {
-            files.push((
+            files.push(SecretFiles {
                 volume,
+                field,
                 setting,
-                secret.name.clone(),
-                vec![secret.key.clone()],
-            ));
+                secret: secret.name.clone(),
+                keys: vec![secret.key.clone()],
+            });
         }
     };
-    key("api-keys", "auth.apiKeysFile", &secrets.api_keys);
-    key("jwks", "auth.jwt.jwksFile", &secrets.jwks);
+    key("api-keys", "apiKeys", "auth.apiKeysFile", &secrets.api_keys);
+    key("jwks", "jwks", "auth.jwt.jwksFile", &secrets.jwks);
     key(
         "hmac-secret",
+        "hmacSecret",
         "auth.jwt.hmacSecretFile",
         &secrets.hmac_secret,
     );
-    key("tokens", "auth.tokensFile", &secrets.tokens);
+    key("tokens", "tokens", "auth.tokensFile", &secrets.tokens);
     if let Some(tls) = &secrets.tls {
-        files.push((
-            "tls",
-            "listen.tls",
-            tls.clone(),
-            vec!["tls.crt".into(), "tls.key".into()],
-        ));
+        files.push(SecretFiles {
+            volume: "tls",
+            field: "tls",
+            setting: "listen.tls",
+            secret: tls.clone(),
+            keys: vec!["tls.crt".into(), "tls.key".into()],
+        });
     }
     files
 }
@@ -169,7 +182,14 @@ fn effective_spec(
     secrets: &GatewaySecrets,
 ) -> Result<PipelineSpec, InvalidSpec> {
     let mut spec = spec.clone();
-    for (volume, setting, _, keys) in secret_files(secrets) {
+    for SecretFiles {
+        volume,
+        field,
+        setting,
+        keys,
+        ..
+    } in secret_files(secrets)
+    {
         let path = |key: &str| Some(format!("{SECRETS_DIR}/{volume}/{key}"));
         let slot = match setting {
             "auth.apiKeysFile" => &mut spec.auth.api_keys_file,
@@ -180,7 +200,7 @@ fn effective_spec(
         };
         if slot.is_some() {
             return Err(InvalidSpec::new(
-                format!("workload.secrets.{}", camel(volume)),
+                format!("workload.secrets.{field}"),
                 format!(
                     "{setting} is set too; the operator sets it to the mounted Secret, so remove one of them"
                 ),
@@ -194,47 +214,37 @@ fn effective_spec(
     Ok(spec)
 }
 
-/// `api-keys` → `apiKeys`.
-fn camel(volume: &str) -> String {
-    let mut out = String::new();
-    let mut upper = false;
-    for c in volume.chars() {
-        match (c, upper) {
-            ('-', _) => upper = true,
-            (c, true) => {
-                out.push(c.to_ascii_uppercase());
-                upper = false;
-            }
-            (c, false) => out.push(c),
-        }
-    }
-    out
-}
-
 /// The Secret volumes of `workload.secrets`, each with its mount directory.
 fn secret_volumes(secrets: &GatewaySecrets) -> Vec<(Volume, String)> {
     secret_files(secrets)
         .into_iter()
-        .map(|(volume, _, secret, keys)| {
-            let items = keys
-                .iter()
-                .map(|key| KeyToPath {
-                    key: key.clone(),
-                    path: key.clone(),
-                    ..KeyToPath::default()
-                })
-                .collect();
-            let volume_spec = Volume {
-                name: volume.into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret),
-                    items: Some(items),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            };
-            (volume_spec, format!("{SECRETS_DIR}/{volume}"))
-        })
+        .map(
+            |SecretFiles {
+                 volume,
+                 secret,
+                 keys,
+                 ..
+             }| {
+                let items = keys
+                    .iter()
+                    .map(|key| KeyToPath {
+                        key: key.clone(),
+                        path: key.clone(),
+                        ..KeyToPath::default()
+                    })
+                    .collect();
+                let volume_spec = Volume {
+                    name: volume.into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(secret),
+                        items: Some(items),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                };
+                (volume_spec, format!("{SECRETS_DIR}/{volume}"))
+            },
+        )
         .collect()
 }
 
