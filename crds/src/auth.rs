@@ -279,14 +279,18 @@ pub struct ApiKeysError {
 }
 
 /// Reads an API keys file's text: the entries, each checked (hash format, tenant id, no
-/// hash twice). Hashes come back lower-case.
+/// hash twice). Hashes come back lower-case. An empty file is refused: it is far more
+/// likely a write in progress than a wish to revoke every key (`[]` says that).
 pub fn parse_api_keys(text: &str) -> Result<Vec<ApiKeyEntry>, ApiKeysError> {
     let error = |field: String, message: String| ApiKeysError { field, message };
-    let mut entries: Vec<ApiKeyEntry> = if text.trim().is_empty() {
-        Vec::new()
-    } else {
-        crate::config::from_yaml_str(text).map_err(|e| error(String::new(), e.to_string()))?
-    };
+    if text.trim().is_empty() {
+        return Err(error(
+            "the file".into(),
+            "is empty; write [] for no keys".into(),
+        ));
+    }
+    let mut entries: Vec<ApiKeyEntry> =
+        crate::config::from_yaml_str(text).map_err(|e| error(String::new(), e.to_string()))?;
     let mut seen = std::collections::HashSet::new();
     for (i, entry) in entries.iter_mut().enumerate() {
         entry.sha256 = entry.sha256.trim().to_ascii_lowercase();
@@ -338,7 +342,8 @@ mod tests {
         assert_eq!(keys[0].sha256, "a".repeat(64));
         assert_eq!(keys[0].events_per_second, Some(5));
         assert!(keys[1].disabled);
-        assert!(parse_api_keys("").unwrap().is_empty());
+        assert!(parse_api_keys("[]").unwrap().is_empty());
+        assert!(parse_api_keys(" \n").unwrap_err().message.contains("empty"));
 
         let cases = [
             ("- sha256: abc\n  tenant: a\n", "[0].sha256"),

@@ -6,11 +6,14 @@
 //! the spec's policies. Results are memoised per (tenant, type), as both are few and
 //! events many.
 //!
-//! Tenant isolation: a rule with `tenants` matches only those tenants' events, and `%t`
-//! puts the sender's tenant first in the topic, followed by `.`. Tenant ids cannot
-//! contain `.` ([`crate::auth::check_tenant_id`]), so whatever the event type, a topic
-//! made from a `%t` pattern for tenant A is never one made for tenant B. A pattern with
-//! `%t` refuses events of senders without a tenant.
+//! Tenant isolation: a rule with `tenants` matches only those tenants' events, and a
+//! `%t` pattern starts with the sender's tenant followed by `.` (`%t.…`). Tenant ids
+//! cannot contain `.` ([`crate::auth::check_tenant_id`]), so whatever the event type, a
+//! topic made from a `%t` pattern for tenant A is never one made for tenant B. Once any
+//! pattern uses `%t`, every other topic the table can produce (patterns without `%t`,
+//! the dead-letter topic) must be a fixed name without `.`, so it cannot fall into a
+//! tenant's `<tenant>.` namespace either. A `%t` pattern refuses events of senders
+//! without a tenant.
 //! The gateway's router holds the current table and swaps in a new one when the routing
 //! file changes.
 
@@ -75,6 +78,8 @@ pub struct RoutingTable {
     unmatched: UnmatchedPolicy,
     invalid: InvalidPolicy,
     dead_letter_topic: Option<Arc<str>>,
+    /// Whether routes depend on the tenant at all (memoised per tenant only then).
+    uses_tenant: bool,
     cache: RwLock<RouteCache>,
 }
 
@@ -99,22 +104,23 @@ fn apply(pattern: &str, tenant: Option<&str>, event_type: &str) -> Option<String
 /// The tenant placeholder of topic patterns.
 const TENANT: &str = "%t";
 
-/// A pattern's `%t`, if any, is alone, before `%s`, and followed by `.`.
-fn check_tenant_placeholder(pattern: &str) -> Result<(), String> {
-    let Some(at) = pattern.find(TENANT) else {
+/// A pattern's `%t`, if any, opens it, alone, followed by `.`; with `%t` elsewhere in
+/// the table (`tenants`), a pattern without it is a fixed name without `.`.
+fn check_tenant_placeholder(pattern: &str, tenants: bool) -> Result<(), String> {
+    if !pattern.contains(TENANT) {
+        if tenants && (pattern.contains('.') || pattern.contains("%s")) {
+            return Err(format!(
+                "{pattern:?}: where other patterns use %t, a topic without %t must be a fixed name without '.' (a '.' or an event type could put it in a tenant's <tenant>. namespace)"
+            ));
+        }
         return Ok(());
-    };
+    }
     if pattern.matches(TENANT).count() > 1 {
         return Err(format!("{pattern:?} has %t more than once"));
     }
-    if pattern.find("%s").is_some_and(|s| s < at) {
+    if !pattern.starts_with("%t.") {
         return Err(format!(
-            "{pattern:?} has %s before %t; put the tenant first so tenants' topics cannot collide"
-        ));
-    }
-    if !pattern[at + TENANT.len()..].starts_with('.') {
-        return Err(format!(
-            "{pattern:?} must have '.' right after %t (tenant ids cannot contain '.', which keeps tenants' topics apart)"
+            "{pattern:?} must start with %t. (tenant ids cannot contain '.', which keeps tenants' topics apart)"
         ));
     }
     Ok(())
@@ -123,8 +129,11 @@ fn check_tenant_placeholder(pattern: &str) -> Result<(), String> {
 impl RoutingTable {
     /// Compiles a spec, checking every rule, pattern and policy.
     pub fn compile(spec: &RoutingSpec) -> Result<Self, RoutingError> {
+        let tenant_patterns = spec.default_pattern.contains(TENANT)
+            || spec.rules.iter().any(|r| r.topic.contains(TENANT));
         let check_pattern = |field: String, pattern: &str| {
-            check_tenant_placeholder(pattern).map_err(|m| routing_error(field.clone(), m))?;
+            check_tenant_placeholder(pattern, tenant_patterns)
+                .map_err(|m| routing_error(field.clone(), m))?;
             // Samples stand in for `%t` and `%s`: the rest of the pattern must be legal.
             let sample = apply(pattern, Some("t"), "t").expect("a tenant is given");
             check_topic_name(&sample).map_err(|m| routing_error(field, m))
@@ -162,6 +171,12 @@ impl RoutingTable {
         let dead_letter_topic = match &spec.dead_letter_topic {
             Some(topic) => {
                 check_topic_name(topic).map_err(|m| routing_error("routing.deadLetterTopic", m))?;
+                if tenant_patterns && topic.contains('.') {
+                    return Err(routing_error(
+                        "routing.deadLetterTopic",
+                        "where patterns use %t, the dead-letter topic must not contain '.' (it would be in a tenant's namespace)",
+                    ));
+                }
                 Some(Arc::from(topic.as_str()))
             }
             None => None,
@@ -174,7 +189,9 @@ impl RoutingTable {
                 "required when a policy is deadLetter",
             ));
         }
+        let uses_tenant = tenant_patterns || rules.iter().any(|r| !r.tenants.is_empty());
         Ok(Self {
+            uses_tenant,
             rules,
             default_pattern: spec.default_pattern.clone(),
             unmatched: spec.unmatched,
@@ -184,18 +201,19 @@ impl RoutingTable {
         })
     }
 
-    /// Whether any pattern uses the sender's tenant.
+    /// Whether routes depend on the sender's tenant (a `%t` pattern or a rule with
+    /// `tenants`).
     pub fn uses_tenant(&self) -> bool {
-        self.default_pattern.contains(TENANT)
-            || self
-                .rules
-                .iter()
-                .any(|r| r.pattern.contains(TENANT) || !r.tenants.is_empty())
+        self.uses_tenant
     }
 
     /// The route for an event of `tenant` (`None`: a sender without one), memoised.
     pub fn route(&self, tenant: Option<&str>, event_type: &str) -> Route {
-        let tenant_key = tenant.unwrap_or("");
+        let tenant_key = if self.uses_tenant {
+            tenant.unwrap_or("")
+        } else {
+            ""
+        };
         if let Some(route) = self
             .cache
             .read()
@@ -405,6 +423,7 @@ mod tests {
         let spec = RoutingSpec {
             rules: vec![only_acme, rule("prefix", "iot", "%t.iot")],
             default_pattern: "%t.clickstream-%s-log".into(),
+            dead_letter_topic: Some("weir-dead-letter".into()),
             ..Default::default()
         };
         let table = RoutingTable::compile(&spec).unwrap();
@@ -428,8 +447,9 @@ mod tests {
         assert_eq!(table.route(Some("b"), "x"), topic("b.clickstream-x-log"));
 
         for (pattern, why) in [
-            ("%s-%t.x", "before %t"),
-            ("%t-%s", "'.' right after %t"),
+            ("%s-%t.x", "must start with %t."),
+            ("%t-%s", "must start with %t."),
+            ("archive-%t.%s", "must start with %t."),
             ("%t.%t.%s", "more than once"),
         ] {
             let spec = RoutingSpec {
@@ -440,6 +460,26 @@ mod tests {
             assert!(err.message.contains(why), "{pattern}: {err}");
             assert_eq!(err.field, "routing.defaultPattern");
         }
+        // Beside a %t pattern, other topics must stay out of the tenants' namespaces.
+        for (topic, field) in [
+            ("shared.%s", "routing.rules[0].topic"),
+            ("x-%s", "routing.rules[0].topic"),
+        ] {
+            let spec = RoutingSpec {
+                rules: vec![rule("exact", "a", topic)],
+                default_pattern: "%t.events".into(),
+                ..Default::default()
+            };
+            let err = RoutingTable::compile(&spec).expect_err(topic);
+            assert_eq!(err.field, field, "{err}");
+        }
+        let spec = RoutingSpec {
+            default_pattern: "%t.events".into(),
+            dead_letter_topic: Some("dead.letters".into()),
+            ..Default::default()
+        };
+        let err = RoutingTable::compile(&spec).unwrap_err();
+        assert_eq!(err.field, "routing.deadLetterTopic");
         let mut bad_tenant = rule("exact", "a", "t");
         bad_tenant.tenants = vec!["a.b".into()];
         let spec = RoutingSpec {
@@ -451,8 +491,9 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Two different tenants never get the same topic from a `%t` pattern, whatever
-        /// the event types.
+        /// A topic in a tenant's namespace (`<tenant>.…`) is only ever made for that
+        /// tenant, whatever the event types and whichever rule matches; so two tenants
+        /// never share a `%t` topic.
         #[test]
         fn tenants_never_share_a_topic(
             a in "[a-z0-9_-]{1,8}",
@@ -461,15 +502,29 @@ mod tests {
             type_b in "[a-z0-9._-]{1,12}",
         ) {
             proptest::prop_assume!(a != b);
+            let mut only_b = rule("prefix", "b", "%t.b-%s");
+            only_b.tenants = vec![b.clone()];
             let spec = RoutingSpec {
+                rules: vec![
+                    rule("prefix", "a", "%t.a-%s"),
+                    only_b,
+                    rule("exact", "x", "shared-fixed"),
+                ],
                 default_pattern: "%t.events-%s".into(),
                 ..Default::default()
             };
             let table = RoutingTable::compile(&spec).unwrap();
+            for (tenant, event_type) in [(&a, &type_a), (&b, &type_b)] {
+                if let Route::Topic(topic) = table.route(Some(tenant), event_type)
+                    && let Some((owner, _)) = topic.split_once('.')
+                {
+                    proptest::prop_assert_eq!(owner, tenant.as_str());
+                }
+            }
             if let (Route::Topic(x), Route::Topic(y)) =
                 (table.route(Some(&a), &type_a), table.route(Some(&b), &type_b))
             {
-                proptest::prop_assert_ne!(x, y);
+                proptest::prop_assert!(x != y || &*x == "shared-fixed");
             }
         }
     }

@@ -67,9 +67,14 @@ fn credentials(c: &mut Criterion) {
         hex::encode(sha2::Sha256::digest(key.as_bytes()))
     };
     std::fs::write(&keys, format!("- sha256: {hash}\n  tenant: acme\n")).unwrap();
-    let mut spec = weir_crds::pipeline::AuthSpec::default();
-    spec.api_keys_file = Some(keys.display().to_string());
-    spec.jwt.jwks_file = Some(data.join("jwks.json").display().to_string());
+    let spec = weir_crds::pipeline::AuthSpec {
+        api_keys_file: Some(keys.display().to_string()),
+        jwt: weir_crds::pipeline::JwtSpec {
+            jwks_file: Some(data.join("jwks.json").display().to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

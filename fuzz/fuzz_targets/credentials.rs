@@ -26,7 +26,9 @@ fn verifier() -> &'static (tokio::runtime::Runtime, JwtVerifier) {
             issuer: Some("https://idp.example.test".into()),
             ..JwtSpec::default()
         });
-        verifier.install_hmac_secret(b"fuzz-secret");
+        verifier
+            .install_hmac_secret(b"fuzz-secret-of-at-least-32-bytes!!")
+            .unwrap();
         verifier.install_keys(
             KeySet::parse(include_bytes!("../../dataplane/tests/data/jwt/jwks.json")).unwrap(),
         );

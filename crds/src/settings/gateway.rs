@@ -183,14 +183,28 @@ fn check_auth(spec: &PipelineSpec) -> Result<(), ConfigError> {
         return Err(invalid("auth.reloadInterval", "must be greater than 0"));
     }
     if let Some(url) = &jwt.jwks_url {
+        // Keys fetched in clear text could be swapped by anyone on the path, who could
+        // then sign tokens for any tenant: plain http only to this host.
+        let loopback = |u: &url::Url| match u.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
         match url::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && loopback(&u)) => {}
             _ => {
                 return Err(invalid(
                     "auth.jwt.jwksUrl",
-                    format!("{url:?} is not an http(s) URL"),
+                    format!("{url:?} is not an https URL (plain http only to localhost)"),
                 ));
             }
+        }
+        if jwt.jwks_file.is_some() {
+            return Err(invalid(
+                "auth.jwt.jwksUrl",
+                "set either auth.jwt.jwksUrl or auth.jwt.jwksFile, not both",
+            ));
         }
     }
     if jwt.is_enabled() {

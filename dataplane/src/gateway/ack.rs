@@ -101,7 +101,24 @@ impl Rejection {
     /// The answer to a refused batch. A quota refusal carries its wait, in whole
     /// seconds, as `data["retry_after"]`.
     pub fn response(&self, req_guid: &str) -> SendEventResponse {
-        let mut answer = response(req_guid, self.code(), self.to_string(), Vec::new());
+        self.response_for(req_guid, 0)
+    }
+
+    /// The answer to a refused batch of `events` events that were read: a quota
+    /// refusal also lists each event as RATE_LIMITED, so a client that retries per
+    /// event sees every one of them as retryable.
+    pub fn response_for(&self, req_guid: &str, events: usize) -> SendEventResponse {
+        let mut answer = match self {
+            Rejection::QuotaExceeded { message, .. } if events > 0 => {
+                let failures = (0..events)
+                    .map(|i| event_failure(i, Code::RateLimited, message.as_str()))
+                    .collect();
+                let mut answer = batch_response(req_guid, events, failures);
+                answer.reason = message.clone();
+                answer
+            }
+            _ => response(req_guid, self.code(), self.to_string(), Vec::new()),
+        };
         if let Rejection::QuotaExceeded { retry_after, .. } = self {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             answer
@@ -384,6 +401,17 @@ mod tests {
         };
         assert_eq!(quota.code(), Code::RateLimited);
         assert_eq!(retry_after_seconds(&quota.response("g")), Some(3));
+        let listed = quota.response_for("g", 3);
+        assert_eq!(listed.code(), Code::RateLimited);
+        assert_eq!(listed.reason, "over");
+        assert_eq!(listed.event_results.len(), 3);
+        assert!(
+            listed
+                .event_results
+                .iter()
+                .all(|r| r.code() == Code::RateLimited)
+        );
+        assert_eq!(retry_after_seconds(&listed), Some(3));
         assert_eq!(retry_after_seconds(&answer(Code::Unavailable)), Some(5));
         assert_eq!(retry_after_seconds(&answer(Code::BadRequest)), None);
     }

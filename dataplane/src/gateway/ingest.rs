@@ -115,7 +115,7 @@ impl Ingestor {
             .await
         {
             Ok(response) => response,
-            Err(rejection) => rejection.response(&request.req_guid),
+            Err(rejection) => rejection.response_for(&request.req_guid, request.events.len()),
         };
         span.record("code", response.code().as_str_name());
         self.answered(transport, response.code(), received);

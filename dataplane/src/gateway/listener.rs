@@ -15,9 +15,8 @@
 //! - The HTTP port takes one new connection per turn of the scheduler, so the
 //!   handshakes of a connection storm interleave with the work of connections already
 //!   sending rather than queue ahead of it.
-//! - With TLS, each connection's handshake runs on its own (in the connection's task on
-//!   the HTTP port, concurrently with other handshakes on the gRPC port) and must end
-//!   within `limits.headerReadTimeout`; a failed handshake closes only its connection.
+//! - With TLS, each connection's handshake runs in a task of its own and must end within
+//!   `limits.headerReadTimeout`; a failed handshake closes only its connection.
 
 use std::io;
 use std::net::SocketAddr;
@@ -196,11 +195,14 @@ pub fn incoming(
                 tokio::select! {
                     stream = limits.accept(&listener) => {
                         let (limits, acceptor) = (limits.clone(), acceptor.clone());
-                        handshakes.push(async move { limits.secure(stream, &acceptor).await });
+                        handshakes.push(tokio::spawn(async move {
+                            limits.secure(stream, &acceptor).await
+                        }));
                     }
                     Some(done) = handshakes.next(), if !handshakes.is_empty() => match done {
-                        Ok(stream) => return Some((Ok(stream), (listener, limits, tls, handshakes))),
-                        Err(error) => tracing::debug!(%error, "TLS handshake failed"),
+                        Ok(Ok(stream)) => return Some((Ok(stream), (listener, limits, tls, handshakes))),
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(error) => tracing::warn!(%error, "TLS handshake task failed"),
                     },
                 }
             }

@@ -9,13 +9,18 @@
 //!   cannot give tokens back), which errs on the side of the limit.
 //! - A batch larger than a whole bucket can never pass; it is refused as BAD_REQUEST
 //!   (retrying would not help) with the limit in the message.
-//! - At most `tenants.maxTracked` tenants and keys have state; past it, those with no
-//!   open connection are forgotten and start again with a full bucket.
+//! - At most `tenants.maxTracked` tenants and keys have state. Past it, owners with no
+//!   open connection whose buckets have refilled (idle for `burstSeconds`) are
+//!   forgotten, which loses nothing; if none has, the least recently used idle owner
+//!   is, and starts again with a full bucket.
+//! - Keys are told apart by their hash, never their name, so two keys with the same
+//!   `name` never share a bucket. A quota changed by a reload (the keys file) takes
+//!   effect with a fresh bucket.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
@@ -23,13 +28,16 @@ use weir_crds::auth::{QuotaSpec, TenantsSpec};
 
 use super::ack::Rejection;
 use super::auth::Principal;
+use super::auth::api_keys::KeyHash;
 
 /// Buckets and connection count of one tenant or key.
 struct Usage {
+    quota: QuotaSpec,
     events: Option<DefaultDirectRateLimiter>,
     bytes: Option<DefaultDirectRateLimiter>,
     max_connections: u32,
     connections: u32,
+    last_used: Instant,
 }
 
 impl Usage {
@@ -43,26 +51,37 @@ impl Usage {
             ))
         };
         Self {
+            quota: quota.clone(),
             events: bucket(quota.events_per_second),
             bytes: bucket(quota.bytes_per_second),
             max_connections: quota.max_connections,
             connections: 0,
+            last_used: Instant::now(),
         }
     }
 }
 
-/// Whose quota: a tenant or an API key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Whose quota: a tenant or an API key (by its hash).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Owner {
-    Tenant,
-    Key,
+    Tenant(Arc<str>),
+    Key(KeyHash),
 }
 
-impl Owner {
-    fn describe(self, name: &str) -> String {
-        match self {
-            Owner::Tenant => format!("tenant {name}"),
-            Owner::Key => format!("API key {name}"),
+/// An owner and its quota.
+struct Applies<'a> {
+    owner: Owner,
+    /// How messages name it: the tenant id or the key's label.
+    label: &'a str,
+    quota: QuotaSpec,
+}
+
+impl Applies<'_> {
+    /// How messages name the owner; only built for a refusal.
+    fn name(&self) -> String {
+        match self.owner {
+            Owner::Tenant(_) => format!("tenant {}", self.label),
+            Owner::Key(_) => format!("API key {}", self.label),
         }
     }
 }
@@ -72,14 +91,14 @@ pub struct Quotas {
     spec: TenantsSpec,
     /// Whether any quota is set at all; when not, checks are free.
     active: bool,
-    usage: Mutex<HashMap<(Owner, Arc<str>), Usage>>,
+    usage: Mutex<HashMap<Owner, Usage>>,
 }
 
 /// A WebSocket connection counted against its tenant's and key's `maxConnections`;
 /// uncounted on drop.
 pub struct ConnectionQuota {
     quotas: Arc<Quotas>,
-    counted: Vec<(Owner, Arc<str>)>,
+    counted: Vec<Owner>,
 }
 
 impl Drop for ConnectionQuota {
@@ -105,12 +124,16 @@ impl Quotas {
         }
     }
 
-    /// The quotas that apply to a principal, as (owner, name, quota).
-    fn owners(&self, principal: &Principal) -> Vec<(Owner, Arc<str>, QuotaSpec)> {
+    /// The quotas that apply to a principal.
+    fn owners<'a>(&self, principal: &'a Principal) -> Vec<Applies<'a>> {
         let mut owners = Vec::with_capacity(2);
         if let Some(tenant) = &principal.tenant {
             let quota = self.spec.quotas.get(&**tenant).unwrap_or(&self.spec.quota);
-            owners.push((Owner::Tenant, tenant.clone(), quota.clone()));
+            owners.push(Applies {
+                owner: Owner::Tenant(tenant.clone()),
+                label: tenant,
+                quota: quota.clone(),
+            });
         }
         if let Some(key) = &principal.key {
             let base = &self.spec.key_quota;
@@ -119,29 +142,50 @@ impl Quotas {
                 bytes_per_second: key.bytes_per_second.unwrap_or(base.bytes_per_second),
                 max_connections: key.max_connections.unwrap_or(base.max_connections),
             };
-            owners.push((Owner::Key, key.label.clone(), quota));
+            owners.push(Applies {
+                owner: Owner::Key(key.hash),
+                label: &key.label,
+                quota,
+            });
         }
-        owners.retain(|(_, _, q)| *q != QuotaSpec::default());
+        owners.retain(|a| a.quota != QuotaSpec::default());
         owners
     }
 
     /// Runs `f` on an owner's usage, creating it (and making room) first.
-    fn with_usage<T>(
-        &self,
-        owner: Owner,
-        name: &Arc<str>,
-        quota: &QuotaSpec,
-        f: impl FnOnce(&mut Usage) -> T,
-    ) -> T {
+    fn with_usage<T>(&self, applies: &Applies<'_>, f: impl FnOnce(&mut Usage) -> T) -> T {
         let mut usage = self.usage.lock().expect("quota lock");
-        let key = (owner, name.clone());
-        if !usage.contains_key(&key) && usage.len() >= self.spec.max_tracked {
-            usage.retain(|_, u| u.connections > 0);
+        if !usage.contains_key(&applies.owner) && usage.len() >= self.spec.max_tracked {
+            self.make_room(&mut usage);
         }
         let entry = usage
-            .entry(key)
-            .or_insert_with(|| Usage::new(quota, self.spec.burst_seconds));
+            .entry(applies.owner.clone())
+            .or_insert_with(|| Usage::new(&applies.quota, self.spec.burst_seconds));
+        if entry.quota != applies.quota {
+            let connections = entry.connections;
+            *entry = Usage::new(&applies.quota, self.spec.burst_seconds);
+            entry.connections = connections;
+        }
+        entry.last_used = Instant::now();
         f(entry)
+    }
+
+    /// Forgets owners whose state says nothing any more (idle, buckets refilled), or
+    /// else the least recently used idle one.
+    fn make_room(&self, usage: &mut HashMap<Owner, Usage>) {
+        let refilled = Duration::from_secs(u64::from(self.spec.burst_seconds));
+        usage.retain(|_, u| u.connections > 0 || u.last_used.elapsed() < refilled);
+        if usage.len() < self.spec.max_tracked {
+            return;
+        }
+        let oldest = usage
+            .iter()
+            .filter(|(_, u)| u.connections == 0)
+            .min_by_key(|(_, u)| u.last_used)
+            .map(|(owner, _)| owner.clone());
+        if let Some(owner) = oldest {
+            usage.remove(&owner);
+        }
     }
 
     /// Takes a batch of `events` events and `bytes` bytes from the principal's buckets,
@@ -155,8 +199,8 @@ impl Quotas {
         if !self.active {
             return Ok(());
         }
-        for (owner, name, quota) in self.owners(principal) {
-            self.with_usage(owner, &name, &quota, |usage| {
+        for applies in self.owners(principal) {
+            self.with_usage(&applies, |usage| {
                 for (bucket, amount, unit, field) in [
                     (&usage.events, events, "events", "eventsPerSecond"),
                     (&usage.bytes, bytes, "bytes", "bytesPerSecond"),
@@ -173,7 +217,7 @@ impl Quotas {
                             return Err(Rejection::QuotaExceeded {
                                 message: format!(
                                     "{} is over its quota of {field} ({unit}); retry in {:.1}s",
-                                    owner.describe(&name),
+                                    applies.name(),
                                     wait.as_secs_f64()
                                 ),
                                 retry_after: wait,
@@ -182,7 +226,7 @@ impl Quotas {
                         Err(capacity) => {
                             return Err(Rejection::BadRequest(format!(
                                 "a batch of {amount} {unit} exceeds what {} may send at once ({} {unit}: {field} × tenants.burstSeconds); send smaller batches",
-                                owner.describe(&name),
+                                applies.name(),
                                 capacity.0
                             )));
                         }
@@ -204,13 +248,13 @@ impl Quotas {
         if !self.active {
             return Ok(guard);
         }
-        for (owner, name, quota) in self.owners(principal) {
-            self.with_usage(owner, &name, &quota, |usage| {
+        for applies in self.owners(principal) {
+            self.with_usage(&applies, |usage| {
                 if usage.max_connections > 0 && usage.connections >= usage.max_connections {
                     return Err(Rejection::QuotaExceeded {
                         message: format!(
                             "{} has its quota of {} WebSocket connections (maxConnections) open",
-                            owner.describe(&name),
+                            applies.name(),
                             usage.max_connections
                         ),
                         retry_after: Duration::from_secs(5),
@@ -219,7 +263,7 @@ impl Quotas {
                 usage.connections += 1;
                 Ok(())
             })?;
-            guard.counted.push((owner, name));
+            guard.counted.push(applies.owner);
         }
         Ok(guard)
     }
@@ -315,6 +359,37 @@ mod tests {
         let _other = q.connect(&tenant("x")).unwrap();
         drop(a);
         q.connect(&tenant("a")).unwrap();
+    }
+
+    #[test]
+    fn keys_with_the_same_name_have_their_own_buckets() {
+        use crate::gateway::auth::api_keys::ApiKeySet;
+        let text = format!(
+            "- sha256: '{}'\n  tenant: a\n  name: web\n- sha256: '{}'\n  tenant: b\n  name: web\n",
+            "1".repeat(64),
+            "2".repeat(64)
+        );
+        let keys = ApiKeySet::parse(&text).unwrap();
+        let principal = |digit: &str| {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(digit.repeat(64), &mut hash).unwrap();
+            let key = keys.get(&hash).unwrap().clone();
+            Principal {
+                tenant: Some(key.tenant.clone()),
+                key: Some(key),
+                expires: None,
+            }
+        };
+        let q = Quotas::new(&TenantsSpec {
+            key_quota: QuotaSpec {
+                events_per_second: 10,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        q.take(&principal("1"), 10, 1).unwrap();
+        q.take(&principal("2"), 10, 1).unwrap();
+        assert!(q.take(&principal("1"), 10, 1).is_err());
     }
 
     #[test]

@@ -1,18 +1,22 @@
 //! JWT verification: OAuth2 access tokens signed by an identity provider.
 //!
 //! Invariants:
-//! - A key verifies only the algorithm of its own type (RSA: RS256/384/512, P-256:
-//!   ES256, Ed25519: EdDSA); HS256 only with `auth.jwt.hmacSecretFile`. So `alg: none`,
+//! - A key verifies only one algorithm: the JWK's `alg`, else the one of its type (RSA:
+//!   RS256, P-256: ES256, P-384: ES384, Ed25519: EdDSA); HS256 only with
+//!   `auth.jwt.hmacSecretFile`, whose secret must be at least 32 bytes (RFC 7518 §3.2). So `alg: none`,
 //!   an RSA public key used as an HMAC secret, or an algorithm the key was not made for
 //!   are refused before any signature check.
 //! - `exp` is required; `exp`, `nbf`, `iss` and `aud` are checked with `leeway`.
 //! - A token is verified once: the result is cached (bounded) until the token expires,
-//!   so a client that sends the same token with every batch pays one map lookup.
+//!   so a client that sends the same token with every batch pays one map lookup. New
+//!   keys clear the cache, and a verdict reached with keys replaced meanwhile is not
+//!   cached (a generation number tells).
 //! - `jwksUrl` is fetched at most once per `jwksMinRefreshInterval`, however many
 //!   tokens name unknown key ids.
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +32,11 @@ use super::AuthError;
 const CACHE_LIMIT: usize = 10_000;
 /// Longest wait for the JWKS URL.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest HS256 secret: as many bytes as the hash's output (RFC 7518 §3.2).
+pub const MIN_HMAC_SECRET: usize = 32;
+/// Latest `exp` taken: 9999-12-31T23:59:59Z. Later ones are refused rather than let
+/// time arithmetic overflow.
+const MAX_EXP: u64 = 253_402_300_799;
 
 /// What a verified token says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +78,7 @@ impl KeySet {
             }
         }
         if keys.all.is_empty() {
-            return Err("the JWKS has no usable key (RSA, P-256 or Ed25519)".into());
+            return Err("the JWKS has no usable key (RSA, P-256, P-384 or Ed25519)".into());
         }
         Ok(keys)
     }
@@ -123,6 +132,8 @@ pub struct JwtVerifier {
     hmac: ArcSwap<Option<DecodingKey>>,
     fetcher: Option<Fetcher>,
     cache: Mutex<HashMap<Box<str>, VerifiedToken>>,
+    /// Bumped by every change of keys or secret.
+    generation: AtomicU64,
 }
 
 struct Fetcher {
@@ -139,6 +150,8 @@ impl JwtVerifier {
             url: url.clone(),
             client: reqwest::Client::builder()
                 .timeout(FETCH_TIMEOUT)
+                // A redirect could lead off the configured (https) origin.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("an HTTP client builds"),
             last: tokio::sync::Mutex::new(None),
@@ -149,23 +162,39 @@ impl JwtVerifier {
             hmac: ArcSwap::from_pointee(None),
             fetcher,
             cache: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Drops cached verdicts after a change of keys.
+    fn keys_changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.lock().expect("cache lock").clear();
     }
 
     /// Replaces the JWKS keys. Cached verdicts are dropped, so a key removed from the
     /// set stops verifying at once.
     pub fn install_keys(&self, keys: KeySet) {
         self.keys.store(Arc::new(keys));
-        self.cache.lock().expect("cache lock").clear();
+        self.keys_changed();
     }
 
-    /// Replaces the HS256 secret (the file's bytes, trailing newline removed).
-    pub fn install_hmac_secret(&self, secret: &[u8]) {
+    /// Replaces the HS256 secret (the file's bytes, trailing newline removed). A secret
+    /// shorter than [`MIN_HMAC_SECRET`] bytes (an empty file, say) is refused, and the
+    /// previous one stays: with it, anyone could sign tokens.
+    pub fn install_hmac_secret(&self, secret: &[u8]) -> Result<(), String> {
         let secret = secret.strip_suffix(b"\n").unwrap_or(secret);
         let secret = secret.strip_suffix(b"\r").unwrap_or(secret);
+        if secret.len() < MIN_HMAC_SECRET {
+            return Err(format!(
+                "the HS256 secret has {} bytes; at least {MIN_HMAC_SECRET} are required",
+                secret.len()
+            ));
+        }
         self.hmac
             .store(Arc::new(Some(DecodingKey::from_secret(secret))));
-        self.cache.lock().expect("cache lock").clear();
+        self.keys_changed();
+        Ok(())
     }
 
     /// Fetches `jwksUrl` unless it was fetched less than `jwksMinRefreshInterval` ago
@@ -223,6 +252,7 @@ impl JwtVerifier {
         {
             return Ok(hit.clone());
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let header = read_header(token)?;
         let key = match header.alg {
             Algorithm::HS256 => match &**self.hmac.load() {
@@ -259,10 +289,13 @@ impl JwtVerifier {
         }
         let verified = self.check(token, &key, key_alg)?;
         let mut cache = self.cache.lock().expect("cache lock");
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
+        // Keys replaced while this token was checked: its key may be gone.
+        if self.generation.load(Ordering::Acquire) == generation {
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(token.into(), verified.clone());
         }
-        cache.insert(token.into(), verified.clone());
         Ok(verified)
     }
 
@@ -313,8 +346,11 @@ impl JwtVerifier {
         let expires = claims
             .get("exp")
             .and_then(serde_json::Value::as_u64)
+            .filter(|s| *s <= MAX_EXP)
             .map(|s| UNIX_EPOCH + Duration::from_secs(s))
-            .ok_or_else(|| AuthError::Jwt("exp is not a number of seconds".into()))?;
+            .ok_or_else(|| {
+                AuthError::Jwt("exp is not a number of seconds before the year 10000".into())
+            })?;
         let api_key = claims
             .get(&self.spec.key_claim)
             .and_then(serde_json::Value::as_str)
@@ -347,7 +383,7 @@ impl JwtVerifier {
 }
 
 /// The algorithms a token may name.
-const ACCEPTED: &str = "RS256, RS384, RS512, ES256, ES384, EdDSA, HS256";
+const ACCEPTED: &str = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256";
 
 /// Reads a token's header, refusing algorithms outside [`ACCEPTED`] (`none` included)
 /// with a message that names them.
@@ -361,7 +397,18 @@ fn read_header(token: &str) -> Result<jsonwebtoken::Header, AuthError> {
     let alg = json.get("alg").and_then(serde_json::Value::as_str);
     let accepted = matches!(
         alg,
-        Some("RS256" | "RS384" | "RS512" | "ES256" | "ES384" | "EdDSA" | "HS256")
+        Some(
+            "RS256"
+                | "RS384"
+                | "RS512"
+                | "PS256"
+                | "PS384"
+                | "PS512"
+                | "ES256"
+                | "ES384"
+                | "EdDSA"
+                | "HS256"
+        )
     );
     if !accepted {
         return Err(AuthError::Jwt(format!(
@@ -371,4 +418,72 @@ fn read_header(token: &str) -> Result<jsonwebtoken::Header, AuthError> {
     }
     jsonwebtoken::decode_header(token)
         .map_err(|e| AuthError::Jwt(format!("the token's header cannot be read: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn verifier() -> JwtVerifier {
+        let spec = JwtSpec {
+            hmac_secret_file: Some("unused".into()),
+            leeway: Duration::ZERO,
+            ..JwtSpec::default()
+        };
+        let verifier = JwtVerifier::new(&spec);
+        verifier.install_hmac_secret(SECRET).unwrap();
+        let jwks = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jwt/jwks.json"),
+        )
+        .unwrap();
+        verifier.install_keys(KeySet::parse(&jwks).unwrap());
+        verifier
+    }
+
+    fn hs256(claims: serde_json::Value, secret: &[u8], kid: Option<&str>) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn hs256_with_the_secret_only() {
+        let v = verifier();
+        let claims = serde_json::json!({"tenant_id": "acme", "exp": 4_102_444_800u64});
+        let ok = v
+            .verify(&hs256(claims.clone(), SECRET, None))
+            .await
+            .unwrap();
+        assert_eq!(&*ok.tenant, "acme");
+        // Signed with the RSA public key as the HMAC secret, naming the RSA key.
+        let public = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jwt/rsa1.pub.pem"),
+        )
+        .unwrap();
+        let confused = v.verify(&hs256(claims, &public, Some("rsa1"))).await;
+        assert!(
+            matches!(&confused, Err(AuthError::Jwt(m)) if m.contains("signature")),
+            "{confused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn short_secrets_and_absurd_expiry_are_refused() {
+        let v = verifier();
+        for short in [&b""[..], b"\n", b"short-secret\n"] {
+            assert!(v.install_hmac_secret(short).is_err(), "{short:?}");
+        }
+        // The previous secret stays.
+        let claims = serde_json::json!({"tenant_id": "acme", "exp": 4_102_444_800u64});
+        assert!(v.verify(&hs256(claims, SECRET, None)).await.is_ok());
+        let far = serde_json::json!({"tenant_id": "acme", "exp": u64::MAX});
+        let refused = v.verify(&hs256(far, SECRET, None)).await;
+        assert!(
+            matches!(&refused, Err(AuthError::Jwt(m)) if m.contains("year 10000")),
+            "{refused:?}"
+        );
+    }
 }

@@ -15,9 +15,9 @@ pub mod api_keys;
 pub mod credential;
 pub mod jwt;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -109,10 +109,13 @@ impl Principal {
 pub struct Authenticator {
     header: String,
     enabled: bool,
-    tokens: HashSet<String>,
+    tokens: ArcSwap<HashSet<String>>,
     api_keys: ArcSwap<ApiKeySet>,
     jwt: Option<Arc<JwtVerifier>>,
     spec: AuthSpec,
+    /// Each file's content as loaded at start, so that the watchers see a change made
+    /// between loading and watching.
+    loaded: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl Authenticator {
@@ -121,17 +124,17 @@ impl Authenticator {
     /// that fails the gateway starts anyway (the identity provider may come up later)
     /// and refuses JWTs until a fetch succeeds.
     pub async fn load(spec: &AuthSpec) -> anyhow::Result<Self> {
-        let mut tokens: HashSet<String> = spec.tokens.iter().cloned().collect();
-        if let Some(path) = &spec.tokens_file {
-            let text = read(path, "auth.tokensFile")?;
-            tokens.extend(
-                String::from_utf8_lossy(&text)
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string),
-            );
-        }
+        let mut loaded = HashMap::new();
+        let mut read = |path: &String, field: &str| -> anyhow::Result<Vec<u8>> {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {field} {path}"))?;
+            loaded.insert(path.clone(), bytes.clone());
+            Ok(bytes)
+        };
+        let file_tokens = match &spec.tokens_file {
+            Some(path) => token_lines(&read(path, "auth.tokensFile")?),
+            None => HashSet::new(),
+        };
         let api_keys = match &spec.api_keys_file {
             Some(path) => parse_keys(&read(path, "auth.apiKeysFile")?)
                 .with_context(|| format!("auth.apiKeysFile {path}"))?,
@@ -146,7 +149,10 @@ impl Authenticator {
                 verifier.install_keys(keys);
             }
             if let Some(path) = &spec.jwt.hmac_secret_file {
-                verifier.install_hmac_secret(&read(path, "auth.jwt.hmacSecretFile")?);
+                verifier
+                    .install_hmac_secret(&read(path, "auth.jwt.hmacSecretFile")?)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("auth.jwt.hmacSecretFile {path}"))?;
             }
             if let Err(error) = verifier.refresh(true).await {
                 tracing::error!(%error, "auth.jwt.jwksUrl: no keys yet; JWTs are refused until a fetch succeeds");
@@ -158,10 +164,11 @@ impl Authenticator {
         Ok(Self {
             header: spec.header.clone(),
             enabled: spec.is_enabled(),
-            tokens,
+            tokens: ArcSwap::from_pointee(all_tokens(spec, file_tokens)),
             api_keys: ArcSwap::from_pointee(api_keys),
             jwt,
             spec: spec.clone(),
+            loaded: Mutex::new(loaded),
         })
     }
 
@@ -201,7 +208,7 @@ impl Authenticator {
     }
 
     async fn check(&self, credential: Credential<'_>) -> Result<Principal, AuthError> {
-        if self.tokens.contains(credential.text) {
+        if self.tokens.load().contains(credential.text) {
             return Ok(Principal::default());
         }
         if credential.is_jwt()
@@ -255,8 +262,9 @@ impl Authenticator {
         }
         if let Some(key) = &principal.key {
             match self.current_key(&key.hash)? {
-                Some(_) => {}
-                None => return Err(AuthError::Revoked(key.label.to_string())),
+                // A key moved to another tenant no longer sends for this one.
+                Some(current) if current.tenant == key.tenant => {}
+                _ => return Err(AuthError::Revoked(key.label.to_string())),
             }
         }
         Ok(())
@@ -272,10 +280,27 @@ impl Authenticator {
                 .with_label_values(&[file, if ok { "ok" } else { "error" }])
                 .inc();
         };
+        let initial = |path: &str| self.loaded.lock().expect("loaded lock").remove(path);
+        if let Some(path) = self.spec.tokens_file.clone() {
+            let this = self.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(super::reload::watch_file(
+                PathBuf::from(&path),
+                interval,
+                initial(&path),
+                stop.clone(),
+                move |text| {
+                    let tokens = all_tokens(&this.spec, token_lines(text));
+                    tracing::info!(path, tokens = tokens.len(), "tokens reloaded");
+                    this.tokens.store(Arc::new(tokens));
+                    counted(&metrics, "tokens", true);
+                },
+            ));
+        }
         if let Some(path) = self.spec.api_keys_file.clone() {
             let this = self.clone();
             let metrics = metrics.clone();
-            let initial = std::fs::read(&path).ok();
+            let initial = initial(&path);
             tokio::spawn(super::reload::watch_file(
                 PathBuf::from(&path),
                 interval,
@@ -298,7 +323,7 @@ impl Authenticator {
         if let Some(path) = self.spec.jwt.jwks_file.clone() {
             let jwt = jwt.clone();
             let metrics = metrics.clone();
-            let initial = std::fs::read(&path).ok();
+            let initial = initial(&path);
             tokio::spawn(super::reload::watch_file(
                 PathBuf::from(&path),
                 interval,
@@ -319,15 +344,21 @@ impl Authenticator {
         }
         if let Some(path) = self.spec.jwt.hmac_secret_file.clone() {
             let jwt = jwt.clone();
-            let initial = std::fs::read(&path).ok();
+            let initial = initial(&path);
             tokio::spawn(super::reload::watch_file(
                 PathBuf::from(&path),
                 interval,
                 initial,
                 stop.clone(),
-                move |secret| {
-                    jwt.install_hmac_secret(secret);
-                    counted(&metrics, "hmacSecret", true);
+                move |secret| match jwt.install_hmac_secret(secret) {
+                    Ok(()) => {
+                        tracing::info!(path, "HS256 secret reloaded");
+                        counted(&metrics, "hmacSecret", true);
+                    }
+                    Err(error) => {
+                        tracing::error!(path, %error, "HS256 secret rejected; keeping the previous one");
+                        counted(&metrics, "hmacSecret", false);
+                    }
                 },
             ));
         }
@@ -335,8 +366,19 @@ impl Authenticator {
     }
 }
 
-fn read(path: &str, field: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {field} {path}"))
+/// The tokens of a tokens file: one per line, `#` comments.
+fn token_lines(text: &[u8]) -> HashSet<String> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `auth.tokens` and the tokens file's.
+fn all_tokens(spec: &AuthSpec, from_file: HashSet<String>) -> HashSet<String> {
+    spec.tokens.iter().cloned().chain(from_file).collect()
 }
 
 fn parse_keys(text: &[u8]) -> anyhow::Result<ApiKeySet> {
