@@ -385,8 +385,8 @@ async fn jwts_on_every_transport_with_every_refusal_named() {
     let document = Arc::new(Mutex::new(std::fs::read(data("jwks.json")).unwrap()));
     let url = jwks_server(document.clone()).await;
     let (kafka, gateway) = start(|spec| {
+        // Both a file (jwks.json) and the identity provider's URL: rsa2 comes from the URL.
         tenancy.configure(spec);
-        spec.auth.jwt.jwks_file = None;
         spec.auth.jwt.jwks_url = Some(url);
         spec.auth.jwt.jwks_min_refresh_interval = Duration::from_millis(10);
     })

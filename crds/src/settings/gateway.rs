@@ -200,12 +200,6 @@ fn check_auth(spec: &PipelineSpec) -> Result<(), ConfigError> {
                 ));
             }
         }
-        if jwt.jwks_file.is_some() {
-            return Err(invalid(
-                "auth.jwt.jwksUrl",
-                "set either auth.jwt.jwksUrl or auth.jwt.jwksFile, not both",
-            ));
-        }
     }
     if jwt.is_enabled() {
         for (field, claim) in [

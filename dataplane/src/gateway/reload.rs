@@ -7,9 +7,12 @@
 //! reads again, so a file briefly missing during the swap keeps what was loaded.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+use super::metrics::Metrics;
 
 /// Calls `changed` with a file's new content whenever it differs from what was last
 /// read, checking every `interval` until `stop`. `initial` is the content already
@@ -37,4 +40,35 @@ pub async fn watch_file(
             last = Some(now);
         }
     }
+}
+
+/// Watches a credential file (`file` names it in logs and in
+/// `weir_gateway_credential_reloads_total`): each new content goes to `apply`, which
+/// installs it whole or refuses it, and then what is in force stays.
+pub fn spawn_reloader(
+    path: PathBuf,
+    file: &'static str,
+    interval: Duration,
+    initial: Option<Vec<u8>>,
+    stop: CancellationToken,
+    metrics: Arc<Metrics>,
+    mut apply: impl FnMut(&[u8]) -> Result<(), String> + Send + 'static,
+) {
+    let shown = path.display().to_string();
+    tokio::spawn(watch_file(path, interval, initial, stop, move |content| {
+        let result = match apply(content) {
+            Ok(()) => {
+                tracing::info!(path = shown, file, "reloaded");
+                "ok"
+            }
+            Err(error) => {
+                tracing::error!(path = shown, file, %error, "rejected; keeping the previous version");
+                "error"
+            }
+        };
+        metrics
+            .credential_reloads
+            .with_label_values(&[file, result])
+            .inc();
+    }));
 }

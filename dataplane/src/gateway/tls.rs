@@ -86,34 +86,20 @@ impl Tls {
         for path in [&files.cert, &files.key] {
             let this = self.clone();
             let files = files.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(super::reload::watch_file(
+            super::reload::spawn_reloader(
                 path.clone(),
+                "tls",
                 files.reload_interval,
                 std::fs::read(path).ok(),
                 stop.clone(),
+                metrics.clone(),
                 move |_| {
-                    let outcome = load_pair(&files.cert, &files.key, &this.provider);
-                    let result = match outcome {
-                        Ok(certified) => {
-                            this.slot.0.store(Arc::new(certified));
-                            tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
-                            "ok"
-                        }
-                        Err(error) => {
-                            tracing::error!(
-                                error = format!("{error:#}"),
-                                "TLS certificate rejected; keeping the previous one"
-                            );
-                            "error"
-                        }
-                    };
-                    metrics
-                        .credential_reloads
-                        .with_label_values(&["tls", result])
-                        .inc();
+                    let certified = load_pair(&files.cert, &files.key, &this.provider)
+                        .map_err(|e| format!("{e:#}"))?;
+                    this.slot.0.store(Arc::new(certified));
+                    Ok(())
                 },
-            ));
+            );
         }
     }
 }

@@ -82,14 +82,6 @@ impl KeySet {
         }
         Ok(keys)
     }
-
-    fn find(&self, kid: Option<&str>) -> Option<&(DecodingKey, Algorithm)> {
-        match kid {
-            Some(kid) => self.by_kid.get(kid),
-            None if self.all.len() == 1 => self.all.first(),
-            None => None,
-        }
-    }
 }
 
 /// A JWK's key and the one algorithm it verifies.
@@ -128,7 +120,10 @@ fn usable(jwk: &Jwk) -> Result<(DecodingKey, Algorithm), String> {
 /// Verifies tokens against the current keys.
 pub struct JwtVerifier {
     spec: JwtSpec,
-    keys: ArcSwap<KeySet>,
+    /// The JWKS file's keys.
+    file_keys: ArcSwap<KeySet>,
+    /// The JWKS URL's keys.
+    url_keys: ArcSwap<KeySet>,
     hmac: ArcSwap<Option<DecodingKey>>,
     fetcher: Option<Fetcher>,
     cache: Mutex<HashMap<Box<str>, VerifiedToken>>,
@@ -158,7 +153,8 @@ impl JwtVerifier {
         });
         Self {
             spec: spec.clone(),
-            keys: ArcSwap::from_pointee(KeySet::default()),
+            file_keys: ArcSwap::from_pointee(KeySet::default()),
+            url_keys: ArcSwap::from_pointee(KeySet::default()),
             hmac: ArcSwap::from_pointee(None),
             fetcher,
             cache: Mutex::new(HashMap::new()),
@@ -172,10 +168,10 @@ impl JwtVerifier {
         self.cache.lock().expect("cache lock").clear();
     }
 
-    /// Replaces the JWKS keys. Cached verdicts are dropped, so a key removed from the
-    /// set stops verifying at once.
+    /// Replaces the JWKS file's keys (the URL's stay). Cached verdicts are dropped, so a
+    /// key removed from the set stops verifying at once.
     pub fn install_keys(&self, keys: KeySet) {
-        self.keys.store(Arc::new(keys));
+        self.file_keys.store(Arc::new(keys));
         self.keys_changed();
     }
 
@@ -223,7 +219,8 @@ impl JwtVerifier {
             KeySet::parse(&body).map_err(|e| format!("{}: {e}", fetcher.url))
         }
         .await?;
-        self.install_keys(fetched);
+        self.url_keys.store(Arc::new(fetched));
+        self.keys_changed();
         Ok(true)
     }
 
@@ -299,8 +296,21 @@ impl JwtVerifier {
         Ok(verified)
     }
 
+    /// The key a token names, from the file's keys, then the URL's; a token that names
+    /// none may use the only key there is.
     fn jwks_key(&self, kid: Option<&str>) -> Option<(DecodingKey, Algorithm)> {
-        self.keys.load().find(kid).cloned()
+        let (file, url) = (self.file_keys.load(), self.url_keys.load());
+        match kid {
+            Some(kid) => file
+                .by_kid
+                .get(kid)
+                .or_else(|| url.by_kid.get(kid))
+                .cloned(),
+            None => match (file.all.as_slice(), url.all.as_slice()) {
+                ([only], []) | ([], [only]) => Some(only.clone()),
+                _ => None,
+            },
+        }
     }
 
     fn check(

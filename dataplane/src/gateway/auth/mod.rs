@@ -273,94 +273,50 @@ impl Authenticator {
     /// Reloads the credential files when they change and refreshes the JWKS URL, until
     /// `stop`.
     pub fn watch(self: &Arc<Self>, metrics: Arc<Metrics>, stop: &CancellationToken) {
-        let interval = self.spec.reload_interval;
-        let counted = move |metrics: &Metrics, file: &str, ok: bool| {
-            metrics
-                .credential_reloads
-                .with_label_values(&[file, if ok { "ok" } else { "error" }])
-                .inc();
-        };
-        let initial = |path: &str| self.loaded.lock().expect("loaded lock").remove(path);
-        if let Some(path) = self.spec.tokens_file.clone() {
-            let this = self.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(super::reload::watch_file(
-                PathBuf::from(&path),
-                interval,
-                initial(&path),
-                stop.clone(),
-                move |text| {
-                    let tokens = all_tokens(&this.spec, token_lines(text));
-                    tracing::info!(path, tokens = tokens.len(), "tokens reloaded");
-                    this.tokens.store(Arc::new(tokens));
-                    counted(&metrics, "tokens", true);
-                },
-            ));
-        }
-        if let Some(path) = self.spec.api_keys_file.clone() {
-            let this = self.clone();
-            let metrics = metrics.clone();
-            let initial = initial(&path);
-            tokio::spawn(super::reload::watch_file(
-                PathBuf::from(&path),
-                interval,
+        let reloader = |path: &String, file, apply| {
+            let initial = self.loaded.lock().expect("loaded lock").remove(path);
+            super::reload::spawn_reloader(
+                PathBuf::from(path),
+                file,
+                self.spec.reload_interval,
                 initial,
                 stop.clone(),
-                move |text| match parse_keys(text) {
-                    Ok(keys) => {
-                        tracing::info!(path, keys = keys.len(), "API keys reloaded");
-                        this.api_keys.store(Arc::new(keys));
-                        counted(&metrics, "apiKeys", true);
-                    }
-                    Err(error) => {
-                        tracing::error!(path, %error, "API keys file rejected; keeping the previous keys");
-                        counted(&metrics, "apiKeys", false);
-                    }
-                },
-            ));
+                metrics.clone(),
+                apply,
+            );
+        };
+        type Apply = Box<dyn FnMut(&[u8]) -> Result<(), String> + Send>;
+        if let Some(path) = &self.spec.tokens_file {
+            let this = self.clone();
+            let apply: Apply = Box::new(move |text| {
+                let tokens = all_tokens(&this.spec, token_lines(text));
+                this.tokens.store(Arc::new(tokens));
+                Ok(())
+            });
+            reloader(path, "tokens", apply);
+        }
+        if let Some(path) = &self.spec.api_keys_file {
+            let this = self.clone();
+            let apply: Apply = Box::new(move |text| {
+                let keys = parse_keys(text).map_err(|e| format!("{e:#}"))?;
+                this.api_keys.store(Arc::new(keys));
+                Ok(())
+            });
+            reloader(path, "apiKeys", apply);
         }
         let Some(jwt) = &self.jwt else { return };
-        if let Some(path) = self.spec.jwt.jwks_file.clone() {
+        if let Some(path) = &self.spec.jwt.jwks_file {
             let jwt = jwt.clone();
-            let metrics = metrics.clone();
-            let initial = initial(&path);
-            tokio::spawn(super::reload::watch_file(
-                PathBuf::from(&path),
-                interval,
-                initial,
-                stop.clone(),
-                move |text| match jwt::KeySet::parse(text) {
-                    Ok(keys) => {
-                        tracing::info!(path, "JWKS reloaded");
-                        jwt.install_keys(keys);
-                        counted(&metrics, "jwks", true);
-                    }
-                    Err(error) => {
-                        tracing::error!(path, %error, "JWKS file rejected; keeping the previous keys");
-                        counted(&metrics, "jwks", false);
-                    }
-                },
-            ));
+            let apply: Apply = Box::new(move |text| {
+                jwt.install_keys(jwt::KeySet::parse(text)?);
+                Ok(())
+            });
+            reloader(path, "jwks", apply);
         }
-        if let Some(path) = self.spec.jwt.hmac_secret_file.clone() {
+        if let Some(path) = &self.spec.jwt.hmac_secret_file {
             let jwt = jwt.clone();
-            let initial = initial(&path);
-            tokio::spawn(super::reload::watch_file(
-                PathBuf::from(&path),
-                interval,
-                initial,
-                stop.clone(),
-                move |secret| match jwt.install_hmac_secret(secret) {
-                    Ok(()) => {
-                        tracing::info!(path, "HS256 secret reloaded");
-                        counted(&metrics, "hmacSecret", true);
-                    }
-                    Err(error) => {
-                        tracing::error!(path, %error, "HS256 secret rejected; keeping the previous one");
-                        counted(&metrics, "hmacSecret", false);
-                    }
-                },
-            ));
+            let apply: Apply = Box::new(move |secret| jwt.install_hmac_secret(secret));
+            reloader(path, "hmacSecret", apply);
         }
         tokio::spawn(jwt.clone().refresh_periodically(stop.clone()));
     }

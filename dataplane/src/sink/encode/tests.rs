@@ -55,6 +55,15 @@ fn record(offset: i64, event_type: &str, payload: Vec<u8>) -> SinkRecord {
     }
 }
 
+/// Each file of a range: its path and how many records it holds.
+fn paths_and_records(range: &EncodedRange) -> Vec<(&str, usize)> {
+    range
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.records))
+        .collect()
+}
+
 fn full_page_view(pool: &DescriptorPool) -> DynamicMessage {
     let desc = pool.get_message_by_name("shop.v1.PageView").unwrap();
     let json = r#"{
@@ -296,11 +305,7 @@ fn a_range_splits_by_type_and_hour_and_encodes_deterministically() {
         records.push(r);
     }
     let range = encoder.encode("t", 0, 0.into(), &records).unwrap();
-    let paths: Vec<(&str, usize)> = range
-        .files
-        .iter()
-        .map(|f| (f.path.as_str(), f.records))
-        .collect();
+    let paths = paths_and_records(&range);
     assert_eq!(
         paths,
         vec![
@@ -337,11 +342,7 @@ fn a_tenant_is_a_column_and_the_first_partition_level() {
         records.push(r);
     }
     let range = encoder.encode("t", 0, 0.into(), &records).unwrap();
-    let paths: Vec<(&str, usize)> = range
-        .files
-        .iter()
-        .map(|f| (f.path.as_str(), f.records))
-        .collect();
+    let paths = paths_and_records(&range);
     let name = "dt=2026-11-22/hour=04/t+0+00000000000000000000.parquet";
     assert_eq!(
         paths,
