@@ -135,6 +135,34 @@ fn credentials(c: &mut Criterion) {
     });
     group.finish();
 
+    // Quotas of a tenant and its key, checked for one batch (buckets never run dry here).
+    let quotas = weir::gateway::quota::Quotas::new(&weir_crds::pipeline::TenantsSpec {
+        quota: weir_crds::pipeline::QuotaSpec {
+            events_per_second: u32::MAX,
+            bytes_per_second: u32::MAX,
+            max_connections: 0,
+        },
+        key_quota: weir_crds::pipeline::QuotaSpec {
+            events_per_second: u32::MAX,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let principal = runtime
+        .block_on(auth.authenticate(
+            |n| {
+                (n == "Authorization")
+                    .then_some(format!("Bearer {key}"))
+                    .map(|_| key)
+            },
+            |_| None,
+            &metrics,
+        ))
+        .unwrap();
+    c.bench_function("quota_take_tenant_and_key_per_batch", |b| {
+        b.iter(|| quotas.take(&principal, 100, 100).unwrap())
+    });
+
     let request = batch();
     let plain = route::RoutingTable::compile(&RoutingSpec::default()).unwrap();
     let tenant = route::RoutingTable::compile(&RoutingSpec {
