@@ -133,42 +133,68 @@ struct SecretFiles {
     volume: &'static str,
     /// Its field under `workload.secrets`.
     field: &'static str,
-    /// The setting that points at it.
-    setting: &'static str,
     secret: String,
-    keys: Vec<String>,
+    /// Each key mounted, with the setting that points at its file.
+    files: Vec<(String, Setting)>,
 }
+
+/// A file setting of the gateway: its name, and where it is in the spec.
+type Setting = (&'static str, fn(&mut PipelineSpec) -> &mut Option<String>);
 
 /// The Secrets `workload.secrets` names.
 fn secret_files(secrets: &GatewaySecrets) -> Vec<SecretFiles> {
     let mut files = Vec::new();
-    let mut key = |volume, field, setting, secret: &Option<SecretKeyRef>| {
+    let mut key = |volume, field, setting: Setting, secret: &Option<SecretKeyRef>| {
         if let Some(secret) = secret {
             files.push(SecretFiles {
                 volume,
                 field,
-                setting,
                 secret: secret.name.clone(),
-                keys: vec![secret.key.clone()],
+                files: vec![(secret.key.clone(), setting)],
             });
         }
     };
-    key("api-keys", "apiKeys", "auth.apiKeysFile", &secrets.api_keys);
-    key("jwks", "jwks", "auth.jwt.jwksFile", &secrets.jwks);
+    key(
+        "api-keys",
+        "apiKeys",
+        ("auth.apiKeysFile", |s| &mut s.auth.api_keys_file),
+        &secrets.api_keys,
+    );
+    key(
+        "jwks",
+        "jwks",
+        ("auth.jwt.jwksFile", |s| &mut s.auth.jwt.jwks_file),
+        &secrets.jwks,
+    );
     key(
         "hmac-secret",
         "hmacSecret",
-        "auth.jwt.hmacSecretFile",
+        ("auth.jwt.hmacSecretFile", |s| {
+            &mut s.auth.jwt.hmac_secret_file
+        }),
         &secrets.hmac_secret,
     );
-    key("tokens", "tokens", "auth.tokensFile", &secrets.tokens);
+    key(
+        "tokens",
+        "tokens",
+        ("auth.tokensFile", |s| &mut s.auth.tokens_file),
+        &secrets.tokens,
+    );
     if let Some(tls) = &secrets.tls {
         files.push(SecretFiles {
             volume: "tls",
             field: "tls",
-            setting: "listen.tls",
             secret: tls.clone(),
-            keys: vec!["tls.crt".into(), "tls.key".into()],
+            files: vec![
+                (
+                    "tls.crt".into(),
+                    ("listen.tls.certFile", |s| &mut s.listen.tls.cert_file),
+                ),
+                (
+                    "tls.key".into(),
+                    ("listen.tls.keyFile", |s| &mut s.listen.tls.key_file),
+                ),
+            ],
         });
     }
     files
@@ -185,30 +211,21 @@ fn effective_spec(
     for SecretFiles {
         volume,
         field,
-        setting,
-        keys,
+        files,
         ..
     } in secret_files(secrets)
     {
-        let path = |key: &str| Some(format!("{SECRETS_DIR}/{volume}/{key}"));
-        let slot = match setting {
-            "auth.apiKeysFile" => &mut spec.auth.api_keys_file,
-            "auth.jwt.jwksFile" => &mut spec.auth.jwt.jwks_file,
-            "auth.jwt.hmacSecretFile" => &mut spec.auth.jwt.hmac_secret_file,
-            "auth.tokensFile" => &mut spec.auth.tokens_file,
-            _ => &mut spec.listen.tls.cert_file,
-        };
-        if slot.is_some() {
-            return Err(InvalidSpec::new(
-                format!("workload.secrets.{field}"),
-                format!(
-                    "{setting} is set too; the operator sets it to the mounted Secret, so remove one of them"
-                ),
-            ));
-        }
-        *slot = path(&keys[0]);
-        if setting == "listen.tls" {
-            spec.listen.tls.key_file = path(&keys[1]);
+        for (key, (setting, slot)) in files {
+            let slot = slot(&mut spec);
+            if slot.is_some() {
+                return Err(InvalidSpec::new(
+                    format!("workload.secrets.{field}"),
+                    format!(
+                        "{setting} is set too; the operator sets it to the mounted Secret, so remove one of them"
+                    ),
+                ));
+            }
+            *slot = Some(format!("{SECRETS_DIR}/{volume}/{key}"));
         }
     }
     Ok(spec)
@@ -222,12 +239,12 @@ fn secret_volumes(secrets: &GatewaySecrets) -> Vec<(Volume, String)> {
             |SecretFiles {
                  volume,
                  secret,
-                 keys,
+                 files,
                  ..
              }| {
-                let items = keys
+                let items = files
                     .iter()
-                    .map(|key| KeyToPath {
+                    .map(|(key, _)| KeyToPath {
                         key: key.clone(),
                         path: key.clone(),
                         ..KeyToPath::default()
