@@ -136,18 +136,21 @@ fn credentials(c: &mut Criterion) {
     group.finish();
 
     // Quotas of a tenant and its key, checked for one batch (buckets never run dry here).
-    let quotas = weir::gateway::quota::Quotas::new(&weir_crds::pipeline::TenantsSpec {
-        quota: weir_crds::pipeline::QuotaSpec {
-            events_per_second: u32::MAX,
-            bytes_per_second: u32::MAX,
-            max_connections: 0,
-        },
-        key_quota: weir_crds::pipeline::QuotaSpec {
-            events_per_second: u32::MAX,
+    let quotas = weir::gateway::quota::Quotas::new(
+        &weir_crds::pipeline::TenantsSpec {
+            quota: weir_crds::pipeline::QuotaSpec {
+                events_per_second: u32::MAX,
+                bytes_per_second: u32::MAX,
+                max_connections: 0,
+            },
+            key_quota: weir_crds::pipeline::QuotaSpec {
+                events_per_second: u32::MAX,
+                ..Default::default()
+            },
             ..Default::default()
         },
-        ..Default::default()
-    });
+        std::sync::Arc::default(),
+    );
     let principal = runtime
         .block_on(auth.authenticate(
             |n| {

@@ -322,19 +322,7 @@ async fn upgrade(
         }
         check_websocket_origin(&shared, &headers)?;
         let identity = authenticate(&shared, &headers, &query).await?;
-        let quota = shared
-            .quotas
-            .connect(&identity.principal)
-            .inspect_err(|_| {
-                shared
-                    .metrics
-                    .tenant_rate_limited
-                    .with_label_values(&[shared
-                        .metrics
-                        .tenants
-                        .get(identity.tenant().unwrap_or(""))])
-                    .inc();
-            })?;
+        let quota = shared.quotas.connect(&identity.principal)?;
         Ok((identity, quota))
     }
     .await;

@@ -142,18 +142,8 @@ impl Ingestor {
     ) -> Result<SendEventResponse, Rejection> {
         let sent_time_micros = sent_time_micros(request.sent_time.as_ref())?;
         let tenant = identity.tenant();
-        if let Err(refused) =
-            self.quotas
-                .take(&identity.principal, request.events.len(), wire_bytes)
-        {
-            if matches!(refused, Rejection::QuotaExceeded { .. }) {
-                self.metrics
-                    .tenant_rate_limited
-                    .with_label_values(&[self.metrics.tenants.get(tenant.unwrap_or(""))])
-                    .inc();
-            }
-            return Err(refused);
-        }
+        self.quotas
+            .take(&identity.principal, request.events.len(), wire_bytes)?;
         let permits = u32::try_from(wire_bytes.max(1)).map_err(|_| Rejection::TooLarge {
             limit: u32::MAX as usize,
         })?;
@@ -391,7 +381,7 @@ mod tests {
             Arc::new(Router::new(table.clone())),
             Arc::new(FailingLog(vec![1])),
             Arc::new(Metrics::new()),
-            Arc::new(Quotas::new(&settings.tenants)),
+            Arc::new(Quotas::new(&settings.tenants, Arc::default())),
             &settings,
         );
         let event = |t: &str| weir_proto::Event {

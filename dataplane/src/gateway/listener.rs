@@ -234,34 +234,25 @@ pub fn serve(
                 stream = limits.accept(&listener) => stream,
             };
             let service = TowerToHyperService::new(app.clone());
-            if let Some(acceptor) = &tls {
-                let (limits, acceptor) = (limits.clone(), acceptor.clone());
-                let (builder, watcher) = (builder.clone(), graceful.watcher());
-                tokio::spawn(async move {
-                    let stream = match limits.secure(stream, &acceptor).await {
+            // Counted by the graceful shutdown from here, before its task runs.
+            let watcher = graceful.watcher();
+            let (limits, tls, builder) = (limits.clone(), tls.clone(), builder.clone());
+            tokio::spawn(async move {
+                let stream = match &tls {
+                    None => stream,
+                    Some(acceptor) => match limits.secure(stream, acceptor).await {
                         Ok(stream) => stream,
                         Err(error) => {
                             tracing::debug!(%error, "TLS handshake failed");
                             return;
                         }
-                    };
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    if let Err(error) = watcher.watch(connection).await {
-                        tracing::debug!(%error, "HTTP connection ended");
-                    }
-                });
-                tokio::task::yield_now().await;
-                continue;
-            }
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
+                    },
+                };
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
                 // Errors here are clients going away or timing out.
-                if let Err(error) = connection.await {
+                if let Err(error) = watcher.watch(connection).await {
                     tracing::debug!(%error, "HTTP connection ended");
                 }
             });

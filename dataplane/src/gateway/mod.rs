@@ -189,7 +189,7 @@ impl Gateway {
             Some(files) => Some(Arc::new(tls::Tls::load(files)?)),
             None => None,
         };
-        let quotas = Arc::new(Quotas::new(&spec.tenants));
+        let quotas = Arc::new(Quotas::new(&spec.tenants, metrics.clone()));
         let ingestor = Ingestor::new(
             router.clone(),
             publisher.clone(),

@@ -29,13 +29,13 @@ use weir_crds::auth::{QuotaSpec, TenantsSpec};
 use super::ack::Rejection;
 use super::auth::Principal;
 use super::auth::api_keys::KeyHash;
+use super::metrics::Metrics;
 
 /// Buckets and connection count of one tenant or key.
 struct Usage {
     quota: QuotaSpec,
     events: Option<DefaultDirectRateLimiter>,
     bytes: Option<DefaultDirectRateLimiter>,
-    max_connections: u32,
     connections: u32,
     last_used: Instant,
 }
@@ -54,7 +54,6 @@ impl Usage {
             quota: quota.clone(),
             events: bucket(quota.events_per_second),
             bytes: bucket(quota.bytes_per_second),
-            max_connections: quota.max_connections,
             connections: 0,
             last_used: Instant::now(),
         }
@@ -92,6 +91,8 @@ pub struct Quotas {
     /// Whether any quota is set at all; when not, checks are free.
     active: bool,
     usage: Mutex<HashMap<Owner, Usage>>,
+    /// Counts refusals (`weir_gateway_tenant_rate_limited_total`).
+    metrics: Arc<Metrics>,
 }
 
 /// A WebSocket connection counted against its tenant's and key's `maxConnections`;
@@ -114,13 +115,14 @@ impl Drop for ConnectionQuota {
 
 impl Quotas {
     /// Quotas from the spec.
-    pub fn new(spec: &TenantsSpec) -> Self {
+    pub fn new(spec: &TenantsSpec, metrics: Arc<Metrics>) -> Self {
         let set = |q: &QuotaSpec| *q != QuotaSpec::default();
         let active = set(&spec.quota) || set(&spec.key_quota) || spec.quotas.values().any(set);
         Self {
             spec: spec.clone(),
             active,
             usage: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -200,7 +202,7 @@ impl Quotas {
             return Ok(());
         }
         for applies in self.owners(principal) {
-            self.with_usage(&applies, |usage| {
+            let taken = self.with_usage(&applies, |usage| {
                 for (bucket, amount, unit, field) in [
                     (&usage.events, events, "events", "eventsPerSecond"),
                     (&usage.bytes, bytes, "bytes", "bytesPerSecond"),
@@ -233,9 +235,22 @@ impl Quotas {
                     }
                 }
                 Ok(())
-            })?;
+            });
+            taken.map_err(|refused| self.counted(principal, refused))?;
         }
         Ok(())
+    }
+
+    /// Counts a quota refusal by tenant.
+    fn counted(&self, principal: &Principal, refused: Rejection) -> Rejection {
+        if matches!(refused, Rejection::QuotaExceeded { .. }) {
+            let tenant = principal.tenant.as_deref().unwrap_or_default();
+            self.metrics
+                .tenant_rate_limited
+                .with_label_values(&[self.metrics.tenants.get(tenant)])
+                .inc();
+        }
+        refused
     }
 
     /// Counts a new WebSocket connection, or refuses it when its tenant or key has
@@ -250,19 +265,21 @@ impl Quotas {
         }
         for applies in self.owners(principal) {
             self.with_usage(&applies, |usage| {
-                if usage.max_connections > 0 && usage.connections >= usage.max_connections {
+                let max = usage.quota.max_connections;
+                if max > 0 && usage.connections >= max {
                     return Err(Rejection::QuotaExceeded {
                         message: format!(
                             "{} has its quota of {} WebSocket connections (maxConnections) open",
                             applies.name(),
-                            usage.max_connections
+                            max
                         ),
                         retry_after: Duration::from_secs(5),
                     });
                 }
                 usage.connections += 1;
                 Ok(())
-            })?;
+            })
+            .map_err(|refused| self.counted(principal, refused))?;
             guard.counted.push(applies.owner);
         }
         Ok(guard)
@@ -293,7 +310,7 @@ mod tests {
 
     #[test]
     fn no_quota_no_limit() {
-        let q = Quotas::new(&TenantsSpec::default());
+        let q = Quotas::new(&TenantsSpec::default(), Arc::default());
         for _ in 0..1000 {
             q.take(&tenant("a"), 1_000_000, 1 << 30).unwrap();
         }
@@ -305,7 +322,8 @@ mod tests {
 
     #[test]
     fn events_bucket_refuses_then_recovers() {
-        let q = Quotas::new(&spec(100, 0, 0));
+        let metrics = Arc::new(Metrics::new());
+        let q = Quotas::new(&spec(100, 0, 0), metrics.clone());
         q.take(&tenant("a"), 60, 10).unwrap();
         match q.take(&tenant("a"), 60, 10) {
             Err(Rejection::QuotaExceeded {
@@ -317,6 +335,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let refused = metrics.tenant_rate_limited.with_label_values(&["a"]);
+        assert_eq!(refused.get(), 1, "counted by tenant");
         // Another tenant has its own bucket.
         q.take(&tenant("b"), 100, 10).unwrap();
         // Too big for the bucket at all: retrying cannot help.
@@ -338,7 +358,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let q = Quotas::new(&s);
+        let q = Quotas::new(&s, Arc::default());
         q.take(&tenant("big"), 1, 500_000).unwrap();
         q.take(&tenant("small"), 1, 900).unwrap();
         assert!(matches!(
@@ -349,7 +369,7 @@ mod tests {
 
     #[test]
     fn connections_are_counted_and_released() {
-        let q = Arc::new(Quotas::new(&spec(0, 0, 2)));
+        let q = Arc::new(Quotas::new(&spec(0, 0, 2), Arc::default()));
         let a = q.connect(&tenant("a")).unwrap();
         let _b = q.connect(&tenant("a")).unwrap();
         assert!(matches!(
@@ -380,13 +400,16 @@ mod tests {
                 expires: None,
             }
         };
-        let q = Quotas::new(&TenantsSpec {
-            key_quota: QuotaSpec {
-                events_per_second: 10,
+        let q = Quotas::new(
+            &TenantsSpec {
+                key_quota: QuotaSpec {
+                    events_per_second: 10,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
-            ..Default::default()
-        });
+            Arc::default(),
+        );
         q.take(&principal("1"), 10, 1).unwrap();
         q.take(&principal("2"), 10, 1).unwrap();
         assert!(q.take(&principal("1"), 10, 1).is_err());
@@ -396,7 +419,7 @@ mod tests {
     fn tracked_state_is_bounded() {
         let mut s = spec(10, 0, 0);
         s.max_tracked = 3;
-        let q = Quotas::new(&s);
+        let q = Quotas::new(&s, Arc::default());
         for i in 0..10 {
             q.take(&tenant(&format!("t{i}")), 1, 1).unwrap();
         }
