@@ -396,38 +396,34 @@ impl JwtVerifier {
 const ACCEPTED: &str = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256";
 
 /// Reads a token's header, refusing algorithms outside [`ACCEPTED`] (`none` included)
-/// with a message that names them.
+/// with a message that names them. The header is parsed once; only a header that does
+/// not parse is looked into again, for the `alg` to name.
 fn read_header(token: &str) -> Result<jsonwebtoken::Header, AuthError> {
-    let encoded = token.split('.').next().unwrap_or_default();
+    let refused = |alg: &str| {
+        AuthError::Jwt(format!(
+            "the token's alg {alg:?} is not accepted (accepted: {ACCEPTED})"
+        ))
+    };
+    match jsonwebtoken::decode_header(token) {
+        Ok(header) if matches!(header.alg, Algorithm::HS384 | Algorithm::HS512) => {
+            Err(refused(&format!("{:?}", header.alg)))
+        }
+        Ok(header) => Ok(header),
+        Err(error) => Err(match named_alg(token) {
+            Some(alg) => refused(&alg),
+            None => AuthError::Jwt(format!("the token's header cannot be read: {error}")),
+        }),
+    }
+}
+
+/// The `alg` a token's header names, if its header is base64url JSON with one.
+fn named_alg(token: &str) -> Option<String> {
+    let encoded = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(encoded.trim_end_matches('='))
-        .map_err(|_| AuthError::Jwt("the token's header is not base64url".into()))?;
-    let json: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|_| AuthError::Jwt("the token's header is not JSON".into()))?;
-    let alg = json.get("alg").and_then(serde_json::Value::as_str);
-    let accepted = matches!(
-        alg,
-        Some(
-            "RS256"
-                | "RS384"
-                | "RS512"
-                | "PS256"
-                | "PS384"
-                | "PS512"
-                | "ES256"
-                | "ES384"
-                | "EdDSA"
-                | "HS256"
-        )
-    );
-    if !accepted {
-        return Err(AuthError::Jwt(format!(
-            "the token's alg {} is not accepted (accepted: {ACCEPTED})",
-            alg.map_or("(missing)".to_string(), |a| format!("{a:?}"))
-        )));
-    }
-    jsonwebtoken::decode_header(token)
-        .map_err(|e| AuthError::Jwt(format!("the token's header cannot be read: {e}")))
+        .ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some(json.get("alg")?.as_str()?.to_string())
 }
 
 #[cfg(test)]
