@@ -141,6 +141,25 @@ enum Cred<'a> {
     Query(&'a str, &'a str),
 }
 
+impl Cred<'_> {
+    /// The header it travels in, if any, as (name, value).
+    fn header(self) -> Option<(&'static str, String)> {
+        match self {
+            Cred::Bearer(t) => Some(("authorization", format!("Bearer {t}"))),
+            Cred::KeyHeader(k) => Some(("x-weir-key", k.to_string())),
+            Cred::None | Cred::Query(..) => None,
+        }
+    }
+
+    /// `url` with the query parameter it travels in, if any.
+    fn url(self, url: String) -> String {
+        match self {
+            Cred::Query(name, value) => format!("{url}?{name}={value}"),
+            _ => url,
+        }
+    }
+}
+
 /// What the gateway answered: the batch code, and for HTTP the status and
 /// `Retry-After`.
 #[derive(Debug)]
@@ -155,30 +174,15 @@ async fn send(gateway: &Gateway, via: Via, cred: Cred<'_>, types: &[&str]) -> Ou
     let batch = request("g1", events);
     match via {
         Via::Http => {
-            let mut url = format!("http://{}/api/v1/events", gateway.http_addr);
-            let mut call = reqwest::Client::new();
-            let mut headers = reqwest::header::HeaderMap::new();
-            match cred {
-                Cred::None => {}
-                Cred::Bearer(t) => {
-                    headers.insert("authorization", format!("Bearer {t}").parse().unwrap());
-                }
-                Cred::KeyHeader(k) => {
-                    headers.insert("x-weir-key", k.parse().unwrap());
-                }
-                Cred::Query(name, value) => url = format!("{url}?{name}={value}"),
-            }
-            call = reqwest::Client::builder()
-                .default_headers(headers)
-                .build()
-                .unwrap_or(call);
-            let reply = call
+            let url = cred.url(format!("http://{}/api/v1/events", gateway.http_addr));
+            let mut call = reqwest::Client::new()
                 .post(url)
                 .header("content-type", "application/proto")
-                .body(batch.encode_to_vec())
-                .send()
-                .await
-                .unwrap();
+                .body(batch.encode_to_vec());
+            if let Some((name, value)) = cred.header() {
+                call = call.header(name, value);
+            }
+            let reply = call.send().await.unwrap();
             let status = reply.status().as_u16();
             let retry_after = reply
                 .headers()
@@ -202,15 +206,9 @@ async fn send(gateway: &Gateway, via: Via, cred: Cred<'_>, types: &[&str]) -> Ou
                 .await
                 .unwrap();
             let mut call = tonic::Request::new(batch);
-            match cred {
-                Cred::None | Cred::Query(..) => {}
-                Cred::Bearer(t) => {
-                    call.metadata_mut()
-                        .insert("authorization", format!("Bearer {t}").parse().unwrap());
-                }
-                Cred::KeyHeader(k) => {
-                    call.metadata_mut().insert("x-weir-key", k.parse().unwrap());
-                }
+            // gRPC has no query string: only header credentials travel.
+            if let Some((name, value)) = cred.header() {
+                call.metadata_mut().insert(name, value.parse().unwrap());
             }
             match client.send_event(call).await {
                 Ok(answer) => {
@@ -258,17 +256,10 @@ async fn send(gateway: &Gateway, via: Via, cred: Cred<'_>, types: &[&str]) -> Ou
 /// Opens a WebSocket; a refused upgrade comes back as its outcome.
 async fn ws_connect(gateway: &Gateway, cred: Cred<'_>) -> Result<Socket, Outcome> {
     use tungstenite::client::IntoClientRequest;
-    let mut url = format!("ws://{}/api/v1/events", gateway.http_addr);
-    let mut headers = Vec::new();
-    match cred {
-        Cred::None => {}
-        Cred::Bearer(t) => headers.push(("authorization", format!("Bearer {t}"))),
-        Cred::KeyHeader(k) => headers.push(("x-weir-key", k.to_string())),
-        Cred::Query(name, value) => url = format!("{url}?{name}={value}"),
-    }
+    let url = cred.url(format!("ws://{}/api/v1/events", gateway.http_addr));
     let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(k, v.parse().unwrap());
+    if let Some((name, value)) = cred.header() {
+        req.headers_mut().insert(name, value.parse().unwrap());
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok((socket, _)) => Ok(socket),
